@@ -1,0 +1,159 @@
+"""``ktmail-admin``: the operators' tool (SPEC §3).
+
+Passwords are read from the first line of standard input, never from the
+command line. Exit status: 0 done, 1 refused (one line on stderr saying
+why), 2 usage error. It works beside a running daemon: both go through the
+same services and the same database, whose transactions keep the rules.
+"""
+
+import argparse
+import sys
+import time
+
+from twisted.internet import defer, task
+
+from ktmail import errors
+from ktmail.config import ConfigError, load_config
+
+ACTOR = "ktmail-admin"
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+
+class Refused(Exception):
+    """The command cannot be carried out; the text says why."""
+
+
+def read_password(stdin):
+    line = stdin.readline()
+    if not line:
+        raise Refused("no password on standard input (give it as the first line)")
+    return line.rstrip("\r\n")
+
+
+def _day(t):
+    return time.strftime("%Y-%m-%d", time.gmtime(t)) if t else "never"
+
+
+def _mb(n):
+    return f"{n / 1_000_000:.1f} MB"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="ktmail-admin",
+        description="Manage ktmail customers and mailboxes. Passwords are read from the "
+                    "first line of standard input.")
+    parser.add_argument("--config", "-c", default="ktmail.ini", help="the ktmail.ini file")
+    sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+
+    customer = sub.add_parser("customer", help="customer (portal) accounts")
+    csub = customer.add_subparsers(dest="action", required=True)
+    csub.add_parser("add", help="add a customer (password on stdin)").add_argument("login")
+    csub.add_parser("list", help="list customers")
+    csub.add_parser("remove", help="remove a customer and its mailboxes").add_argument("login")
+    csub.add_parser("password", help="set a customer's password (on stdin)"
+                    ).add_argument("login")
+
+    mailbox = sub.add_parser("mailbox", help="mailboxes")
+    msub = mailbox.add_subparsers(dest="action", required=True)
+    add = msub.add_parser("add", help="add a mailbox (password on stdin)")
+    add.add_argument("customer")
+    add.add_argument("username")
+    add.add_argument("address")
+    msub.add_parser("list", help="list mailboxes").add_argument("customer", nargs="?")
+    msub.add_parser("remove", help="remove a mailbox and all its mail").add_argument("username")
+    msub.add_parser("password", help="set a mailbox's password (on stdin)"
+                    ).add_argument("username")
+
+    expire = sub.add_parser("expire", help="run the retention jobs once")
+    expire.add_argument("--dry-run", action="store_true", help="only list what would go")
+
+    spam = sub.add_parser("spam", help="spam filter")
+    ssub = spam.add_subparsers(dest="action", required=True)
+    ssub.add_parser("score", help="score the message on stdin")
+    return parser
+
+
+async def run(args, core, stdin, out):
+    """Carry out one command; raise Refused or a KtmailError to refuse."""
+    accounts = core.accounts
+    if args.group == "customer":
+        if args.action == "add":
+            customer = await accounts.add_customer(args.login, read_password(stdin), ACTOR)
+            out.write(f"customer {customer.login} added\n")
+        elif args.action == "list":
+            for customer in await accounts.list_customers():
+                count = len(await accounts.list_mailboxes(customer.id))
+                out.write(f"{customer.login}\t{count} mailboxes\tcreated "
+                          f"{_day(customer.created)}\n")
+        elif args.action == "remove":
+            removed = await accounts.remove_customer(args.login, ACTOR)
+            out.write(f"customer {args.login} removed with {len(removed)} mailboxes\n")
+        elif args.action == "password":
+            await accounts.set_customer_password(args.login, read_password(stdin), ACTOR)
+            out.write(f"password of customer {args.login} changed\n")
+    elif args.group == "mailbox":
+        if args.action == "add":
+            mailbox = await accounts.add_mailbox(args.customer, args.username, args.address,
+                                                 read_password(stdin), ACTOR)
+            out.write(f"mailbox {mailbox.username} <{mailbox.address}> added\n")
+        elif args.action == "list":
+            customer_id = None
+            if args.customer:
+                customer_id = (await accounts.get_customer(args.customer)).id
+            owners = {c.id: c.login for c in await accounts.list_customers()}
+            for m in await accounts.list_mailboxes(customer_id):
+                used = await core.mail.usage(m.id)
+                out.write(f"{m.username}\t{m.address}\t{owners.get(m.customer_id, '?')}\t"
+                          f"{_mb(used)} of {_mb(m.quota_bytes)}\tlast login "
+                          f"{_day(m.last_login)}\n")
+        elif args.action == "remove":
+            mailbox = await accounts.remove_mailbox(args.username, ACTOR, "by operator")
+            out.write(f"mailbox {mailbox.username} <{mailbox.address}> removed with all "
+                      "its mail\n")
+        elif args.action == "password":
+            await accounts.set_mailbox_password(args.username, read_password(stdin), ACTOR)
+            out.write(f"password of mailbox {args.username} changed\n")
+    elif args.group == "expire":
+        raise Refused("expire: the retention jobs are not available in this version")
+    elif args.group == "spam":
+        raise Refused("spam score: the spam filter is not available in this version")
+
+
+def main(argv=None, stdin=None, out=None, err=None):
+    stdin, out, err = stdin or sys.stdin, out or sys.stdout, err or sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on a usage error
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        err.write(e.summary() + "\n")
+        return EXIT_REFUSED
+
+    status = [EXIT_OK]
+
+    async def command(reactor):
+        from ktmail.tap import build_core
+
+        core = build_core(config, reactor)
+        try:
+            await run(args, core, stdin, out)
+        except (Refused, errors.KtmailError) as e:
+            err.write(f"ktmail-admin: {getattr(e, 'text', None) or e}\n")
+            status[0] = EXIT_REFUSED
+        finally:
+            core.db.close()
+
+    def react_main(reactor):
+        return defer.Deferred.fromCoroutine(command(reactor))
+
+    try:
+        task.react(react_main)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return EXIT_REFUSED
+    return status[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

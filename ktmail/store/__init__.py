@@ -1,0 +1,124 @@
+"""Storage contracts (zope.interface). Services depend on these, never on an
+implementation; ``tap.py`` picks the implementation.
+
+Every method returns a Deferred: implementations run their I/O off the
+reactor thread (``store/sqlite.py`` through a thread pool) or, for the
+in-memory fakes in ``store/memory.py``, answer at once. The same contract
+tests (tests/store/) run against every implementation.
+
+Times are POSIX seconds (float) passed in by the caller, who got them from
+an injected ``IReactorTime``; stores never read the clock themselves.
+"""
+
+from zope.interface import Interface
+
+
+class IAccountStore(Interface):
+    """Customers (portal logins) and mailboxes (mail logins with an address).
+
+    Invariants kept by every implementation, atomically:
+    - customer logins and mailbox usernames share one namespace: a name
+      identifies at most one account of either kind;
+    - an address belongs to at most one mailbox;
+    - ``add_mailbox`` refuses (``LimitReached``) when the customer already
+      has ``limit`` mailboxes, in the same transaction as the insert, so
+      that concurrent creations cannot exceed the cap.
+    """
+
+    def add_customer(login, password_hash, now):
+        """-> Customer. AlreadyExists if the name is taken."""
+
+    def get_customer(login):
+        """-> Customer. NoSuchCustomer."""
+
+    def get_customer_by_id(customer_id):
+        """-> Customer. NoSuchCustomer."""
+
+    def customer_password_hash(login):
+        """-> (Customer, hash). NoSuchCustomer."""
+
+    def set_customer_password(login, password_hash):
+        """-> None. NoSuchCustomer."""
+
+    def list_customers():
+        """-> [Customer] ordered by login."""
+
+    def remove_customer(login):
+        """-> [Mailbox] that were removed with it. NoSuchCustomer."""
+
+    def add_mailbox(customer_id, username, address, password_hash, quota_bytes, now, limit):
+        """-> Mailbox. AlreadyExists (username or address, ``field`` set),
+        LimitReached, NoSuchCustomer."""
+
+    def get_mailbox(mailbox_id):
+        """-> Mailbox. NoSuchMailbox."""
+
+    def get_mailbox_by_username(username):
+        """-> Mailbox. NoSuchMailbox."""
+
+    def get_mailbox_by_address(address):
+        """-> Mailbox. NoSuchMailbox. ``address`` is a model.Address."""
+
+    def mailbox_password_hash(username):
+        """-> (Mailbox, hash). NoSuchMailbox."""
+
+    def set_mailbox_password(mailbox_id, password_hash):
+        """-> None. NoSuchMailbox."""
+
+    def list_mailboxes(customer_id=None):
+        """-> [Mailbox] of one customer (or all), ordered by address."""
+
+    def remove_mailbox(mailbox_id):
+        """-> the removed Mailbox. NoSuchMailbox."""
+
+    def record_login(mailbox_id, now):
+        """Set last_login and clear warnings_sent. -> None."""
+
+    def record_warning(mailbox_id, days_before):
+        """Add ``days_before`` to warnings_sent. -> None."""
+
+
+class ICounterStore(Interface):
+    """Timestamped events counted in sliding windows: failed logins (per
+    client address and per username) and sent recipients (per mailbox and
+    channel). Kept in the store so that limits survive restarts."""
+
+    def add_event(key, now, count=1):
+        """Record ``count`` events for ``key`` at ``now``. -> None."""
+
+    def events_since(key, since):
+        """-> [(time, count)] for ``key`` at or after ``since``, oldest first."""
+
+    def clear_events(key):
+        """Forget every event of ``key``. -> None."""
+
+    def prune_events(before):
+        """Drop events older than ``before`` (housekeeping). -> int dropped."""
+
+
+class IAuditLog(Interface):
+    """Who deleted or changed what, and when (SPEC §1 inactivity, issue 10)."""
+
+    def add_audit(now, actor, action, target, detail=""):
+        """-> None."""
+
+    def list_audit(limit=100):
+        """-> [(time, actor, action, target, detail)] newest first."""
+
+
+class IMailStore(Interface):
+    """The messages of every mailbox: Maildir++ on disk (SPEC §5).
+
+    Mailboxes are named by their account id. This is the part of the
+    contract the account service needs; the folder and message operations
+    are declared below it.
+    """
+
+    def create_mailbox(mailbox_id):
+        """Create the Maildir++ with the DEFAULT_FOLDERS. Idempotent. -> None."""
+
+    def remove_mailbox(mailbox_id):
+        """Delete every message, folder and index of the mailbox. Idempotent. -> None."""
+
+    def usage(mailbox_id):
+        """-> bytes used by all folders of the mailbox together."""

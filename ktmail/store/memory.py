@@ -1,0 +1,206 @@
+"""In-memory fakes of the store interfaces, for fast service and protocol
+tests. They keep the same invariants as the real stores and are held to the
+same contract tests (tests/store/), so a test that passes against a fake
+means something."""
+
+import itertools
+
+import attrs
+from twisted.internet import defer
+from zope.interface import implementer
+
+from ktmail import errors
+from ktmail.model import Customer, Mailbox
+from ktmail.store import IAccountStore, IAuditLog, ICounterStore
+
+
+def _answer(fn):
+    """Run ``fn`` now and hand its result or error back as a Deferred."""
+    def wrapper(*args, **kwargs):
+        return defer.maybeDeferred(fn, *args, **kwargs)
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@implementer(IAccountStore, ICounterStore, IAuditLog)
+class MemoryStore:
+    def __init__(self):
+        self._ids = itertools.count(1)
+        self._customers = {}      # login -> (Customer, hash)
+        self._mailboxes = {}      # id -> (Mailbox, hash)
+        self._events = {}         # key -> [(at, count)]
+        self._audit = []
+
+    def _taken(self, name):
+        return name in self._customers or any(
+            m.username == name for m, _ in self._mailboxes.values())
+
+    def _customer_by_id(self, customer_id):
+        for customer, _ in self._customers.values():
+            if customer.id == customer_id:
+                return customer
+        raise errors.NoSuchCustomer()
+
+    def _find(self, pred, missing):
+        for mailbox, password_hash in self._mailboxes.values():
+            if pred(mailbox):
+                return mailbox, password_hash
+        raise errors.NoSuchMailbox(missing)
+
+    @_answer
+    def add_customer(self, login, password_hash, now):
+        if self._taken(login):
+            raise errors.AlreadyExists(f"The name '{login}' is already taken; choose another.",
+                                       field="login")
+        customer = Customer(id=next(self._ids), login=login, created=now)
+        self._customers[login] = (customer, password_hash)
+        return customer
+
+    @_answer
+    def customer_password_hash(self, login):
+        try:
+            return self._customers[login]
+        except KeyError:
+            raise errors.NoSuchCustomer(f"There is no customer '{login}'.") from None
+
+    def get_customer(self, login):
+        return self.customer_password_hash(login).addCallback(lambda pair: pair[0])
+
+    @_answer
+    def get_customer_by_id(self, customer_id):
+        return self._customer_by_id(customer_id)
+
+    @_answer
+    def set_customer_password(self, login, password_hash):
+        if login not in self._customers:
+            raise errors.NoSuchCustomer(f"There is no customer '{login}'.")
+        self._customers[login] = (self._customers[login][0], password_hash)
+
+    @_answer
+    def list_customers(self):
+        return sorted((c for c, _ in self._customers.values()), key=lambda c: c.login)
+
+    @_answer
+    def remove_customer(self, login):
+        if login not in self._customers:
+            raise errors.NoSuchCustomer(f"There is no customer '{login}'.")
+        customer, _ = self._customers.pop(login)
+        removed = self._list(customer.id)
+        for mailbox in removed:
+            del self._mailboxes[mailbox.id]
+        return removed
+
+    @_answer
+    def add_mailbox(self, customer_id, username, address, password_hash, quota_bytes, now,
+                    limit):
+        self._customer_by_id(customer_id)
+        count = len(self._list(customer_id))
+        if count >= limit:
+            raise errors.LimitReached(
+                f"This customer already has {count} mailboxes, the most allowed ({limit}); "
+                "remove one first.")
+        if self._taken(username):
+            raise errors.AlreadyExists(
+                f"The username '{username}' is already taken; choose another.", field="username")
+        if any(m.address == address for m, _ in self._mailboxes.values()):
+            raise errors.AlreadyExists(f"The address {address} is already taken; choose another.",
+                                       field="address")
+        mailbox = Mailbox(id=next(self._ids), customer_id=customer_id, username=username,
+                          address=address, quota_bytes=quota_bytes, created=now)
+        self._mailboxes[mailbox.id] = (mailbox, password_hash)
+        return mailbox
+
+    @_answer
+    def get_mailbox(self, mailbox_id):
+        try:
+            return self._mailboxes[mailbox_id][0]
+        except KeyError:
+            raise errors.NoSuchMailbox() from None
+
+    @_answer
+    def get_mailbox_by_username(self, username):
+        return self._find(lambda m: m.username == username,
+                          f"There is no mailbox '{username}'.")[0]
+
+    @_answer
+    def get_mailbox_by_address(self, address):
+        return self._find(lambda m: m.address == address, f"There is no mailbox {address}.")[0]
+
+    @_answer
+    def mailbox_password_hash(self, username):
+        return self._find(lambda m: m.username == username,
+                          f"There is no mailbox '{username}'.")
+
+    def _update(self, mailbox_id, password_hash=None, **changes):
+        try:
+            mailbox, old_hash = self._mailboxes[mailbox_id]
+        except KeyError:
+            raise errors.NoSuchMailbox() from None
+        self._mailboxes[mailbox_id] = (attrs.evolve(mailbox, **changes),
+                                       password_hash or old_hash)
+
+    @_answer
+    def set_mailbox_password(self, mailbox_id, password_hash):
+        self._update(mailbox_id, password_hash)
+
+    def _list(self, customer_id):
+        return sorted((m for m, _ in self._mailboxes.values()
+                       if customer_id is None or m.customer_id == customer_id),
+                      key=lambda m: (m.address.domain, m.address.local))
+
+    @_answer
+    def list_mailboxes(self, customer_id=None):
+        return self._list(customer_id)
+
+    @_answer
+    def remove_mailbox(self, mailbox_id):
+        try:
+            return self._mailboxes.pop(mailbox_id)[0]
+        except KeyError:
+            raise errors.NoSuchMailbox() from None
+
+    @_answer
+    def record_login(self, mailbox_id, now):
+        if mailbox_id in self._mailboxes:
+            self._update(mailbox_id, last_login=now, warnings_sent=())
+
+    @_answer
+    def record_warning(self, mailbox_id, days_before):
+        mailbox = self._mailboxes[mailbox_id][0] if mailbox_id in self._mailboxes else None
+        if mailbox is None:
+            raise errors.NoSuchMailbox()
+        sent = set(mailbox.warnings_sent) | {int(days_before)}
+        self._update(mailbox_id, warnings_sent=tuple(sorted(sent, reverse=True)))
+
+    # ICounterStore
+    @_answer
+    def add_event(self, key, now, count=1):
+        self._events.setdefault(key, []).append((now, count))
+        self._events[key].sort()
+
+    @_answer
+    def events_since(self, key, since):
+        return [e for e in self._events.get(key, []) if e[0] >= since]
+
+    @_answer
+    def clear_events(self, key):
+        self._events.pop(key, None)
+
+    @_answer
+    def prune_events(self, before):
+        dropped = 0
+        for key, events in list(self._events.items()):
+            kept = [e for e in events if e[0] >= before]
+            dropped += len(events) - len(kept)
+            self._events[key] = kept
+        return dropped
+
+    # IAuditLog
+    @_answer
+    def add_audit(self, now, actor, action, target, detail=""):
+        self._audit.append((now, actor, action, target, detail))
+
+    @_answer
+    def list_audit(self, limit=100):
+        return list(reversed(self._audit))[:limit]

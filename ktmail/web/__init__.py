@@ -1,0 +1,1 @@
+"""The web listener: webmail, portal, client autoconfig, health."""
