@@ -126,6 +126,18 @@ class AccountStoreContract:
         self.assertEqual((m.last_login, m.warnings_sent, m.last_activity), (50.0, (), 50.0))
 
     @defer.inlineCallbacks
+    def test_conditional_removal_loses_to_a_login(self):
+        """remove_mailbox(inactive_since=T) removes only a mailbox unused since T."""
+        c = yield self.store.add_customer("kund", "h", 1.0)
+        m = yield self.store.add_mailbox(c.id, "alice_u", A, "h", 1, 10.0, 5)
+        yield self.store.record_login(m.id, 100.0)
+        self.assertIsNone((yield self.store.remove_mailbox(m.id, inactive_since=99.0)))
+        self.assertEqual((yield self.store.get_mailbox(m.id)).id, m.id)
+        removed = yield self.store.remove_mailbox(m.id, inactive_since=100.0)
+        self.assertEqual(removed.id, m.id)
+        yield self.assertFailure(self.store.get_mailbox(m.id), errors.NoSuchMailbox)
+
+    @defer.inlineCallbacks
     def test_events_windows(self):
         """Events are returned from a time on, cleared per key and pruned."""
         yield self.store.add_event("k", 10.0)
