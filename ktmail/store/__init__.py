@@ -68,8 +68,13 @@ class IAccountStore(Interface):
     def list_mailboxes(customer_id=None):
         """-> [Mailbox] of one customer (or all), ordered by address."""
 
-    def remove_mailbox(mailbox_id):
-        """-> the removed Mailbox. NoSuchMailbox."""
+    def remove_mailbox(mailbox_id, inactive_since=None):
+        """-> the removed Mailbox. NoSuchMailbox.
+
+        With ``inactive_since``, remove it only if nobody has logged in
+        after that time (last login, or creation if never): otherwise
+        return None and remove nothing. The check and the removal are one
+        transaction, so a login racing the inactivity job wins."""
 
     def record_login(mailbox_id, now):
         """Set last_login and clear warnings_sent. -> None."""

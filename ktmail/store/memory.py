@@ -154,11 +154,13 @@ class MemoryStore:
         return self._list(customer_id)
 
     @_answer
-    def remove_mailbox(self, mailbox_id):
-        try:
-            return self._mailboxes.pop(mailbox_id)[0]
-        except KeyError:
-            raise errors.NoSuchMailbox() from None
+    def remove_mailbox(self, mailbox_id, inactive_since=None):
+        if mailbox_id not in self._mailboxes:
+            raise errors.NoSuchMailbox()
+        mailbox = self._mailboxes[mailbox_id][0]
+        if inactive_since is not None and mailbox.last_activity > inactive_since:
+            return None
+        return self._mailboxes.pop(mailbox_id)[0]
 
     @_answer
     def record_login(self, mailbox_id, now):
