@@ -11,18 +11,24 @@ import sys
 
 import attrs
 from twisted.application import service, strports
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
-from ktmail import tls
+from ktmail import errors, tls
 from ktmail.config import ConfigError, load_config
+from ktmail.protocols.reverse_dns import ReverseDNS
+from ktmail.protocols.smtp import InboundSMTPFactory, SubmissionSMTPFactory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
+from ktmail.services.submission import SubmissionService
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.sqlite import Database, SQLiteStore, ThreadRunner
 from ktmail.web.app import WebRoot
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -103,6 +109,56 @@ def listen(parent, reactor, config, name, factory, tls_context=None):
     return svc
 
 
+class _NoDeliveryService:
+    """Stands in while no delivery service is wired: every recipient is
+    refused temporarily, so the SMTP listeners run but accept nothing."""
+
+    def new_spool(self):
+        raise errors.StoreUnavailable()
+
+    def check_recipient(self, address):
+        return defer.fail(errors.StoreUnavailable())
+
+    def deliver(self, envelope, spool, scan_spam=True):
+        return defer.fail(errors.StoreUnavailable())
+
+
+def reverse_dns(reactor):
+    """Forward-confirmed reverse DNS for Received: fields, with short
+    timeouts; None when no name server is configured."""
+    from twisted.names import client
+
+    try:
+        resolver = client.Resolver(resolv="/etc/resolv.conf", timeout=(2, 3), reactor=reactor)
+    except (ValueError, OSError):
+        return None
+    return ReverseDNS(resolver, reactor)
+
+
+def listen_smtp(parent, reactor, config, core, tls_context):
+    """The MX (``smtp``, STARTTLS with the configured certificate) and the
+    submission (``submission``, implicit TLS) listeners."""
+    delivery = getattr(core, "delivery", None)
+    if delivery is None:
+        log.error("no delivery service: the SMTP listeners refuse every recipient (451)")
+        delivery = _NoDeliveryService()
+    common = dict(hostname=config.hostname, clock=reactor, delivery=delivery,
+                  max_message_bytes=config.limits.max_message_bytes,
+                  reverse_dns=reverse_dns(reactor), postmaster_domain=config.domains[0])
+    if config.listen.smtp:
+        listen(parent, reactor, config, "smtp",
+               InboundSMTPFactory(tls_context=tls_context, **common), tls_context)
+    if config.listen.submission:
+        submission = SubmissionService(
+            delivery=delivery, outbound=getattr(core, "outbound", None), counters=core.store,
+            limits=config.limits, domains=config.domains, hostname=config.hostname,
+            clock=reactor)
+        # implicit TLS comes from the listener; no STARTTLS inside it
+        listen(parent, reactor, config, "submission",
+               SubmissionSMTPFactory(auth=core.auth, submission=submission, **common),
+               tls_context)
+
+
 def makeService(options):
     from twisted.internet import reactor
 
@@ -115,4 +171,6 @@ def makeService(options):
     if config.listen.web:
         web = WebRoot(health_checks={"database": core.db.ping})
         listen(top, reactor, config, "web", Site(web.resource()), tls_context)
+    if config.listen.smtp or config.listen.submission:
+        listen_smtp(top, reactor, config, core, tls_context)
     return top

@@ -1258,6 +1258,7 @@ class SMTPFactory(protocol.ServerFactory):
     /64 for IPv6) and in total, answering the excess with 421 4.7.0."""
 
     protocol = None
+    noisy = False
 
     def __init__(self, *, hostname, clock, max_message_bytes, delivery, tls_context=None,
                  reverse_dns=None, postmaster_domain=None, max_per_client=20,
