@@ -1253,9 +1253,17 @@ class SubmissionSMTP(SMTPServer):
 # --- factories ------------------------------------------------------------------------
 
 
+def _is_loopback(address):
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 class SMTPFactory(protocol.ServerFactory):
     """Builds sessions; caps concurrent sessions per client address (its
-    /64 for IPv6) and in total, answering the excess with 421 4.7.0."""
+    /64 for IPv6; loopback excepted) and in total, answering the excess
+    with 421 4.7.0."""
 
     protocol = None
     noisy = False
@@ -1280,7 +1288,10 @@ class SMTPFactory(protocol.ServerFactory):
 
     def session_started(self, session):
         key = client_key(session.client_ip)
-        if (self.sessions[key] >= self.max_per_client
+        # like Postfix's smtpd_client_event_limit_exceptions: the local host
+        # (monitoring, a local relay, load tests) is not capped per client
+        per_client_cap = not _is_loopback(session.client_ip)
+        if ((per_client_cap and self.sessions[key] >= self.max_per_client)
                 or sum(self.sessions.values()) >= self.max_sessions):
             session._counted = None
             return False

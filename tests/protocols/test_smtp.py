@@ -728,6 +728,15 @@ class Limits(MXTestCase):
         self.session().send("NOOP").expect("250")
         self.assertTrue(second)
 
+    def test_loopback_is_not_capped_per_client(self):
+        """The local host (monitoring, load tests) is exempt from the
+        per-client cap, not from the total cap."""
+        self.factory.max_per_client = 1
+        self.factory.max_sessions = 3
+        for _ in range(3):
+            SMTPTranscript(self, self.factory, peer="127.0.0.1")
+        SMTPTranscript(self, self.factory, peer="127.0.0.1", greet=False).expect("421 4.7.0")
+
     def test_bad_commands_disconnect(self):
         """Twenty unknown or malformed commands end the session with 421."""
         s = self.greeted()
