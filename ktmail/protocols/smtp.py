@@ -544,7 +544,8 @@ class SMTPServer(smtp.ESMTP):
         self.callLater = factory.clock.callLater   # TimeoutMixin's timer, on the injected clock
         self.client_ip = ""
         self.client_name = None
-        self._buffer = b""
+        self._buffer = b""         # input not yet consumed starts at _offset
+        self._offset = 0
         self._mode = COMMAND
         self._paused = False
         self._reading_paused = False
@@ -630,7 +631,8 @@ class SMTPServer(smtp.ESMTP):
             return
         self._processing = True
         try:
-            while self._buffer and not self._paused and not self._closed:
+            while (self._offset < len(self._buffer) and not self._paused
+                   and not self._closed):
                 if self._mode == DATA:
                     self._feed_data()
                 elif self._mode == BDAT:
@@ -639,24 +641,36 @@ class SMTPServer(smtp.ESMTP):
                     break
         finally:
             self._processing = False
+            if self._offset:   # drop consumed input once per segment, not per line
+                self._buffer = self._buffer[self._offset:]
+                self._offset = 0
         if self._reading_paused and not self._paused and not self._closed:
             self._reading_paused = False
             self.transport.resumeProducing()
 
+    def _take_input(self, limit=None):
+        """Unconsumed input (at most ``limit`` bytes), marked consumed."""
+        end = len(self._buffer) if limit is None else min(len(self._buffer),
+                                                         self._offset + limit)
+        data = self._buffer[self._offset:end] if self._offset or end < len(self._buffer) \
+            else self._buffer
+        self._offset = end
+        return data
+
     def _line_limit(self):
-        if self._mode == AUTH or self._buffer[:5].upper() == b"AUTH ":
+        if self._mode == AUTH or self._buffer[self._offset:self._offset + 5].upper() == b"AUTH ":
             return MAX_AUTH_LINE
         return MAX_COMMAND_LINE
 
     def _feed_line(self):
-        end = self._buffer.find(b"\n")
+        end = self._buffer.find(b"\n", self._offset)
         if end < 0:
-            if len(self._buffer) > self._line_limit():
+            if len(self._buffer) - self._offset > self._line_limit():
                 self._discarding_long_line = True
-                self._buffer = b""
+                self._take_input()
             return False
-        line = self._buffer[:end]
-        self._buffer = self._buffer[end + 1:]
+        line = self._buffer[self._offset:end]
+        self._offset = end + 1
         if line.endswith(b"\r"):
             line = line[:-1]
         if self._discarding_long_line or len(line) > self._line_limit():
@@ -672,12 +686,14 @@ class SMTPServer(smtp.ESMTP):
         return True
 
     def _wait_for(self, coroutine):
-        """Run a command that waits for a service; queue input meanwhile."""
+        """Run a command that waits for a service; queue input meanwhile.
+        The idle timer stops while the server, not the client, is busy."""
         d = defer.Deferred.fromCoroutine(coroutine)
         if d.called:
             d.addErrback(self._command_failed)
             return
         self._paused = True
+        self.setTimeout(None)
         d.addErrback(self._command_failed)
         d.addBoth(self._resume)
 
@@ -689,7 +705,7 @@ class SMTPServer(smtp.ESMTP):
     def _resume(self, _):
         self._paused = False
         if not self._closed:
-            self.resetTimeout()
+            self.setTimeout(self.timeout)
             self._process()
 
     # --- commands -------------------------------------------------------------------
@@ -911,8 +927,8 @@ class SMTPServer(smtp.ESMTP):
         self.transport.write(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n")
 
     def _feed_data(self):
-        pieces, rest = self._reader.feed(self._buffer)
-        self._buffer = b""
+        pieces, rest = self._reader.feed(self._take_input())
+        self._buffer, self._offset = b"", 0
         writer = self._txn.writer
         for piece in pieces:
             writer.write(piece)
@@ -946,8 +962,7 @@ class SMTPServer(smtp.ESMTP):
             self._bdat_chunk_done()
 
     def _feed_bdat(self):
-        chunk = self._buffer[:self._bdat_left]
-        self._buffer = self._buffer[len(chunk):]
+        chunk = self._take_input(self._bdat_left)
         self._bdat_left -= len(chunk)
         if self._bdat_refusal is None:
             self._txn.writer.write(chunk)
@@ -1082,7 +1097,7 @@ class InboundSMTP(SMTPServer):
         self.reply(220, "2.0.0", "Ready to start TLS")
         # RFC 3207 §4.2 / CVE-2011-0411: plain-text input that followed
         # STARTTLS is discarded, and nothing learned before TLS is kept.
-        self._buffer = b""
+        self._buffer, self._offset = b"", 0
         self._reset_session()
         self.transport.startTLS(self.factory.tls_context)
         self._secure = True

@@ -5,6 +5,8 @@ and timeouts."""
 
 import re
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -714,6 +716,19 @@ class Limits(MXTestCase):
         s.expect("421 4.4.2")
         self.assertTrue(s.closed)
 
+    def test_no_timeout_while_the_server_works(self):
+        """The idle timer stops while the message is being stored (the
+        client waits for us); it starts again with the reply."""
+        self.delivery.pending_deliveries = []
+        s = self.greeted()
+        s.message("f@example.org", ["alice@brev.fi"], MESSAGE)
+        self.clock.advance(1000)
+        self.assertFalse(s.closed)
+        self.delivery.pending_deliveries[0].callback(None)
+        s.expect("250 2.0.0")
+        self.clock.advance(301)
+        s.expect("421 4.4.2")
+
     def test_connections_per_client(self):
         """More than max_per_client sessions from one address: 421 4.7.0;
         other addresses and later sessions are unaffected."""
@@ -909,3 +924,42 @@ class ReaderAndWriter(unittest.TestCase):
             with_type="ESMTP", tls=None, id="ID", recipient=None, when=0)
         self.assertTrue(header.startswith(b"Received: from evil__x__ ([192.0.2.1])\r\n"))
         self.assertEqual(re.findall(rb"\r\n(?![\t])", header), [b"\r\n"])
+
+
+def reference_data(stream):
+    """RFC 5321 §4.5.2 the slow way, line by line: -> (content, rest) or
+    None when the stream has no <CRLF>.<CRLF> end."""
+    content, pos = [], 0
+    while True:
+        end = stream.find(b"\r\n", pos)
+        if end < 0:
+            return None
+        line = stream[pos:end]
+        pos = end + 2
+        if line == b".":
+            return b"".join(content), stream[pos:]
+        content.append((line[1:] if line.startswith(b".") else line) + b"\r\n")
+
+
+class ReaderProperties(unittest.TestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from([b"a", b".", b"..", b"\r", b"\n", b"\r\n", b"x.y",
+                                     b"\r\n.\r\n", b"\r\n.", b".\r"]), max_size=30),
+           st.lists(st.integers(min_value=0, max_value=200), max_size=6))
+    def test_reader_matches_the_line_by_line_reading(self, parts, cuts):
+        """For any stream cut anywhere, DotStuffedReader finds the same end
+        and yields the same bytes as reading line by line (which is how
+        every other MTA reads DATA), so no message can end early here and
+        late elsewhere."""
+        stream = b"".join(parts) + b"\r\n.\r\nTAIL"
+        expected = reference_data(stream)
+        reader = smtp.DotStuffedReader()
+        out, rest, pos = [], None, 0
+        for cut in sorted(set(c for c in cuts if c < len(stream))) + [len(stream)]:
+            pieces, rest = reader.feed(stream[pos:cut])
+            out.extend(pieces)
+            if rest is not None:
+                rest += stream[cut:]
+                break
+            pos = cut
+        self.assertEqual((b"".join(out), rest), expected)
