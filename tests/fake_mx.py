@@ -30,6 +30,8 @@ class FakeMX:
         self.messages = []               # {"mail_from", "rcpts", "data", "tls"}
         self.sessions = 0
         self.port = None
+        #: answer STARTTLS with 220, then hang up (a broken TLS stack)
+        self.broken_tls = False
 
     @staticmethod
     def _next(reply):
@@ -92,7 +94,7 @@ class _FakeMXProtocol(LineReceiver):
         verb = verb.upper()
         if verb in (b"EHLO", b"HELO"):
             extensions = list(self.mx.extensions)
-            if self.mx.tls_context is not None and not self.tls:
+            if (self.mx.tls_context is not None or self.mx.broken_tls) and not self.tls:
                 extensions.append(b"STARTTLS")
             if verb == b"HELO" or not extensions:
                 self.sendLine(b"250 " + self.mx.name.encode())
@@ -101,6 +103,9 @@ class _FakeMXProtocol(LineReceiver):
             for ext in extensions[:-1]:
                 self.sendLine(b"250-" + ext)
             self.sendLine(b"250 " + extensions[-1])
+        elif verb == b"STARTTLS" and self.mx.broken_tls:
+            self.sendLine(b"220 2.0.0 Ready to start TLS")
+            self.transport.loseConnection()
         elif verb == b"STARTTLS" and self.mx.tls_context is not None:
             self.sendLine(b"220 2.0.0 Ready to start TLS")
             self.transport.startTLS(self.mx.tls_context)
