@@ -12,14 +12,16 @@ host name: DMARC alignment needs the From: domain.
 
 import base64
 import email.utils
-import logging
+
 
 import dkim
 from twisted.internet import defer
+from twisted.logger import Logger
 
+from ktmail import errors
 from ktmail.services.messagetext import MessageScan
 
-log = logging.getLogger(__name__)
+log = Logger()
 
 #: the signature covers these when present (frozen ones twice, so that
 #: none can be added after signing)
@@ -103,12 +105,12 @@ class DkimSigner:
     def sign(self, file_opener, sender):
         scan = yield self._run(self._scan, file_opener)
         if not scan.header_complete:
-            log.warning("outbound message not DKIM-signed: header block too large")
+            log.warn("outbound message not DKIM-signed: header block too large")
             return b"", scan.eight_bit, scan.size
         try:
             signer = _HeaderOnlySigner(scan.headers + b"\r\n")
         except dkim.DKIMException as e:
-            log.warning("outbound message not DKIM-signed: %s", e)
+            log.warn("outbound message not DKIM-signed: {reason}", reason=str(e))
             return b"", scan.eight_bit, scan.size
         domain = self.signing_domain(signer.headers, sender)
         selector, pem = yield self.keys.private_key(domain)
@@ -117,6 +119,17 @@ class DkimSigner:
             header = yield self._run(signer.sign_with_body_hash, selector.encode("ascii"),
                                      domain.encode("ascii"), pem, scan.body_hash, now)
         except dkim.DKIMException as e:
-            log.warning("outbound message not DKIM-signed: %s", e)
+            log.warn("outbound message not DKIM-signed: {reason}", reason=str(e))
             return b"", scan.eight_bit, scan.size
         return header, scan.eight_bit, scan.size
+
+
+def published_record(keys, domain, signing_domains):
+    """-> Deferred[(DNS name, TXT value)] for ``domain``'s key (created on
+    first use); ValidationError for a domain we do not sign for."""
+    domain = domain.strip().lower().rstrip(".")
+    if domain not in signing_domains:
+        return defer.fail(errors.ValidationError(
+            f"ktmail does not sign mail for '{domain}': give one of the hosted domains "
+            "or the host name."))
+    return keys.public_record(domain)

@@ -392,9 +392,26 @@ class OutboundQueue:
 
     # -- operators ------------------------------------------------------------
 
+    def retry_now(self, entry_id=None):
+        """See ``QueueAdmin.retry``."""
+        return QueueAdmin(self.store, self.clock).retry(entry_id)
+
+
+class QueueAdmin:
+    """What ``ktmail-admin queue`` does, over the queue store; a running
+    daemon notices the changes through the store's change token."""
+
+    def __init__(self, store, clock):
+        self.store = store
+        self.clock = clock
+
+    def list(self):
+        """-> [QueueEntry], oldest first."""
+        return self.store.list_entries()
+
     @deferred
-    async def retry_now(self, entry_id=None):
-        """Make pending recipients of one entry (or all) due now.
+    async def retry(self, entry_id=None):
+        """Make the pending recipients of one entry (or of all) due now.
         -> the number of entries changed. NotFound for an unknown id."""
         now = self.clock.seconds()
 
@@ -402,15 +419,26 @@ class OutboundQueue:
             return attrs.evolve(e, recipients=tuple(
                 attrs.evolve(r, next_attempt=min(r.next_attempt, now))
                 if r.state == PENDING else r for r in e.recipients))
-        ids = [entry_id] if entry_id else [e.id for e in await self.store.list_entries()]
+        if entry_id:
+            await self.store.get(entry_id)   # NotFound for an unknown id
+            ids = [entry_id]
+        else:
+            ids = [e.id for e in await self.store.list_entries()]
         changed = 0
         for i in ids:
-            if entry_id:
-                await self.store.get(i)  # NotFound for an unknown id
             if await self.store.update(i, due_now) is not None:
                 changed += 1
         await self.store.notify_changed()
         return changed
+
+    @deferred
+    async def remove(self, entry_id):
+        """Drop an entry without telling its sender. -> the removed entry."""
+        entry = await self.store.get(entry_id)
+        await self.store.remove(entry_id)
+        await self.store.notify_changed()
+        log.info("{id} removed from the queue by the operator", id=entry_id)
+        return entry
 
 
 # --- the scheduler ---------------------------------------------------------------
