@@ -113,7 +113,7 @@ def build_outbound(core, reactor, deliver_local=_local_delivery_unavailable):
     run_in_thread = reactor_thread_runner(reactor)
     signer = DkimSigner(core.dkim_keys, run_in_thread, reactor, config.domains,
                         config.hostname)
-    router = MXRouter(dns_client.createResolver(reactor=reactor), config.relay.smarthost)
+    router = MXRouter(dns_client.createResolver(), config.relay.smarthost)
     client = SMTPDeliveryClient(tcp_endpoint_factory(reactor), reactor, config.hostname)
     queue = OutboundQueue(core.queue_store, signer, router, client, deliver_local, reactor,
                           config.hostname, config.domains)
