@@ -32,6 +32,10 @@ class FakeMX:
         self.port = None
         #: answer STARTTLS with 220, then hang up (a broken TLS stack)
         self.broken_tls = False
+        #: seconds to wait before answering the end of DATA
+        self.data_delay = 0.0
+        self.open_sessions = 0
+        self.most_open_sessions = 0
 
     @staticmethod
     def _next(reply):
@@ -69,26 +73,40 @@ class _FakeMXProtocol(LineReceiver):
 
     def connectionMade(self):
         self.mx.sessions += 1
+        self.mx.open_sessions += 1
+        self.mx.most_open_sessions = max(self.mx.most_open_sessions, self.mx.open_sessions)
         greeting = self.mx._next(self.mx.greeting)
         self.sendLine(greeting)
         if not greeting.startswith(b"2"):
             self.transport.loseConnection()
 
+    def connectionLost(self, reason):
+        self.mx.open_sessions -= 1
+
     def lineReceived(self, line):
         if self.in_data:
+            if line == b"." and self.mx.data_delay:
+                reactor.callLater(self.mx.data_delay, self._end_of_data)
+                return
             if line == b".":
-                self.in_data = False
-                reply = self.mx._next(self.mx.data_reply)
-                if reply.startswith(b"2"):
-                    self.mx.messages.append({
-                        "mail_from": self.mail_from, "rcpts": list(self.rcpts),
-                        "data": b"".join(line + b"\r\n" for line in self.lines),
-                        "tls": self.tls})
-                self._reset()
-                self.sendLine(reply)
+                self._end_of_data()
                 return
             self.lines.append(line[1:] if line.startswith(b".") else line)
             return
+        self._command(line)
+
+    def _end_of_data(self):
+        self.in_data = False
+        reply = self.mx._next(self.mx.data_reply)
+        if reply.startswith(b"2"):
+            self.mx.messages.append({
+                "mail_from": self.mail_from, "rcpts": list(self.rcpts),
+                "data": b"".join(line + b"\r\n" for line in self.lines),
+                "tls": self.tls})
+        self._reset()
+        self.sendLine(reply)
+
+    def _command(self, line):
         self.mx.commands.append(line)
         verb, _, arg = line.partition(b" ")
         verb = verb.upper()

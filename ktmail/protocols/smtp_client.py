@@ -2,9 +2,11 @@
 
 ``SMTPDeliveryClient.deliver(host, address, port, sender, recipients,
 message)`` connects (through an injected endpoint factory), speaks ESMTP
-with Twisted's ``ESMTPClient`` state machine, and answers with the reply
-for every recipient (the RCPT refusal, or the reply to the end of DATA),
-or raises ``SessionFailed`` when no recipient got an answer.
+with Twisted's ``ESMTPClient`` state machine, and answers, as soon as the
+reply to DATA arrives, with a ``SessionResult``: the reply for every
+recipient (the RCPT refusal, or the reply to the end of DATA) and a
+Deferred that fires when the connection has closed after QUIT. It raises
+``SessionFailed`` when no recipient got an answer.
 
 What it replaces in Twisted's client:
 - the DATA writer (RFC 5321 §4.5.2): ``DataEncoder`` normalises every
@@ -39,7 +41,7 @@ from twisted.mail import smtp
 from zope.interface import implementer
 
 from ktmail.services.messagetext import CHUNK, CRLFNormalizer
-from ktmail.services.outbound import Reply, SessionFailed
+from ktmail.services.outbound import Reply, SessionFailed, SessionResult
 
 log = Logger()
 
@@ -272,6 +274,7 @@ class _Session:
         self.message = message
         self.tls = OpportunisticTLS(host) if use_tls else None
         self.result = defer.Deferred()
+        self.closed = None
         self.tls_failed = False
 
     def log_tls(self, proto):
@@ -296,7 +299,7 @@ class _Session:
             rcpt = address.decode("utf-8") if isinstance(address, bytes) else str(address)
             replies[rcpt] = data_reply if rcode in smtp.SUCCESS else _reply(rcode, rresp,
                                                                             self.host)
-        self.result.callback(replies)
+        self.result.callback(SessionResult(replies, self.closed))
 
     def session_failed(self, code, resp):
         if self.result.called:
@@ -336,7 +339,7 @@ def tcp_endpoint_factory(reactor, timeout=CONNECT_TIMEOUT):
 
 
 class SMTPDeliveryClient:
-    """``deliver(...)`` -> Deferred[{recipient: Reply}] (see the module
+    """``deliver(...)`` -> Deferred[SessionResult] (see the module
     docstring). ``endpoint_factory(address, port)`` gives the client
     endpoint to connect to; tests point it at a loopback fake server."""
 
@@ -373,7 +376,7 @@ class SMTPDeliveryClient:
     async def _session(self, host, address, port, sender, recipients, message, use_tls):
         session = _Session(self, host, address, sender, recipients, message, use_tls)
         proto = _DeliveryProtocol(session)
-        closed = proto.closed = defer.Deferred()
+        closed = proto.closed = session.closed = defer.Deferred()
         self._closing.add(closed)
         closed.addBoth(lambda _: self._closing.discard(closed))
         try:

@@ -83,6 +83,16 @@ class SessionFailed(Exception):
 
 
 @attrs.frozen
+class SessionResult:
+    """What one SMTP session said: ``replies`` {recipient: Reply}, known at
+    the reply to DATA; ``closed`` fires once the connection is gone (after
+    QUIT), which is when it stops counting against the connection limits."""
+
+    replies: dict
+    closed: object = attrs.field(factory=lambda: defer.succeed(None))
+
+
+@attrs.frozen
 class OutgoingMessage:
     """What the SMTP client sends: ``prefix`` (the DKIM-Signature header)
     then the bytes of ``file``, a binary file positioned at 0."""
@@ -159,8 +169,8 @@ class OutboundQueue:
     - ``signer``: ``services.dkim.DkimSigner``;
     - ``router``: ``services.routing.MXRouter``;
     - ``client``: ``deliver(host, address, port, sender, recipients, message)
-      -> Deferred[{recipient: Reply}]`` (one SMTP session; raises
-      SessionFailed), e.g. ``protocols.smtp_client.SMTPDeliveryClient``;
+      -> Deferred[SessionResult]`` (one SMTP session; raises SessionFailed),
+      e.g. ``protocols.smtp_client.SMTPDeliveryClient``;
     - ``deliver_local(recipient: model.Address, message_file) -> Deferred``:
       stores a DSN in one of our own mailboxes (null envelope sender, no
       spam scan); fails with a KtmailError (``temporary`` or not);
@@ -262,22 +272,24 @@ class OutboundQueue:
     async def _deliver_group(self, entry, key, addresses):
         kind, destination = key
         if kind == "local":
-            outcomes = await self._deliver_locally(entry, addresses)
-        else:
-            semaphore = self._per_destination.setdefault(
-                destination, defer.DeferredSemaphore(self.max_per_destination))
-            await semaphore.acquire()
+            await self._record(entry.id, await self._deliver_locally(entry, addresses))
+            return
+        semaphore = self._per_destination.setdefault(
+            destination, defer.DeferredSemaphore(self.max_per_destination))
+        await semaphore.acquire()
+        try:
+            await self._connections.acquire()
             try:
-                await self._connections.acquire()
-                try:
-                    outcomes = await self._deliver_remote(entry, addresses)
-                finally:
-                    self._connections.release()
+                result = await self._deliver_remote(entry, addresses)
+                # durable before anything else: a restart must not resend
+                await self._record(entry.id, result.replies)
+                await result.closed
             finally:
-                semaphore.release()
-                if not semaphore.waiting and semaphore.tokens == semaphore.limit:
-                    self._per_destination.pop(destination, None)
-        await self._record(entry.id, outcomes)
+                self._connections.release()
+        finally:
+            semaphore.release()
+            if not semaphore.waiting and semaphore.tokens == semaphore.limit:
+                self._per_destination.pop(destination, None)
 
     async def _record(self, entry_id, outcomes):
         now = self.clock.seconds()
@@ -316,7 +328,7 @@ class OutboundQueue:
         try:
             hops = await self.router.route(domain)
         except NoRoute as e:
-            return {a: Reply(e.code, e.text) for a in addresses}
+            return SessionResult({a: Reply(e.code, e.text) for a in addresses})
         f = await self.store.open_message(entry.id)
         message = OutgoingMessage(prefix=entry.dkim_header, file=f, size=entry.size
                                   + len(entry.dkim_header), eight_bit=entry.eight_bit)
@@ -332,9 +344,9 @@ class OutboundQueue:
                         log.info("{id}: {host} [{ip}]: {reply}", id=entry.id, host=hop.host,
                                  ip=address, reply=str(e.reply))
                         if e.reply.permanent:
-                            return {a: e.reply for a in addresses}
+                            return SessionResult({a: e.reply for a in addresses})
                         last = e.reply
-            return {a: last for a in addresses}
+            return SessionResult({a: last for a in addresses})
         finally:
             f.close()
 
@@ -502,9 +514,9 @@ class OutboundScheduler(service.Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        # rounds in progress finish or die with the process; whatever they
-        # had not recorded is retried after the restart
-        return defer.DeferredList(list(self._active.values()), consumeErrors=True)
+        # Rounds in progress are not waited for (a slow remote could hold
+        # the shutdown for minutes): they finish or die with the process,
+        # and whatever they had not recorded is retried after the restart.
 
     def when_idle(self):
         """-> Deferred fired when start-up is done and no round runs (tests)."""

@@ -136,7 +136,7 @@ class ClientTests(unittest.TestCase):
         receives exactly one message, byte for byte, and no smuggled
         MAIL FROM."""
         message = smuggling_message()
-        replies = yield self.deliver(message, prefix=b"DKIM-Signature: x\r\n")
+        replies = (yield self.deliver(message, prefix=b"DKIM-Signature: x\r\n")).replies
         self.assertEqual([str(r) for r in replies.values()], ["250 2.0.0 Ok: queued"])
         yield self.client.idle()
         self.assertEqual(self.mx.received(), [b"DKIM-Signature: x\r\n" + message])
@@ -148,13 +148,16 @@ class ClientTests(unittest.TestCase):
         """Each recipient gets its RCPT refusal or the reply to DATA."""
         self.mx.rcpt_replies["x@example.net"] = b"550 5.1.1 no such user"
         self.mx.rcpt_replies["y@example.net"] = b"452 4.2.2 mailbox full"
-        replies = yield self.deliver(b"Subject: a\r\n\r\nb\r\n",
-                                     ["bob@example.net", "x@example.net", "y@example.net"])
+        result = yield self.deliver(b"Subject: a\r\n\r\nb\r\n",
+                                    ["bob@example.net", "x@example.net", "y@example.net"])
+        replies = result.replies
         self.assertEqual({k: str(v) for k, v in replies.items()},
                          {"bob@example.net": "250 2.0.0 Ok: queued",
                           "x@example.net": "550 5.1.1 no such user",
                           "y@example.net": "452 4.2.2 mailbox full"})
         self.assertEqual(replies["bob@example.net"].host, "mx.example.net")
+        yield result.closed
+        self.assertEqual(self.mx.commands[-2:], [b"RSET", b"QUIT"])
 
     @defer.inlineCallbacks
     def test_mail_from_refused(self):

@@ -117,6 +117,7 @@ class Harness:
 
     @defer.inlineCallbacks
     def stop(self):
+        yield self.scheduler.when_idle()
         if self.scheduler.running:
             yield self.scheduler.stopService()
         yield self.client.idle()
@@ -345,6 +346,19 @@ class DeliveryTests(OutboundTestCase):
         yield self.h.advance(5)   # one rescan interval, far less than the back-off
         self.assertEqual(len(self.mx.messages), 1)
         yield self.assertFailure(self.h.queue.retry_now("0123456789abcdef"), errors.NotFound)
+
+
+class ConnectionLimitTests(OutboundTestCase):
+    @defer.inlineCallbacks
+    def test_at_most_two_sessions_per_destination(self):
+        """Six messages to one slow domain: never more than two sessions to
+        it at once, and all six are delivered."""
+        self.mx.data_delay = 0.05
+        for n in range(6):
+            yield self.h.enqueue([f"user{n}@example.net"])
+        yield self.h.scheduler.when_idle()
+        self.assertEqual(len(self.mx.messages), 6)
+        self.assertEqual(self.mx.most_open_sessions, 2)
 
 
 class RoutingTests(OutboundTestCase):
