@@ -19,8 +19,8 @@ from twisted.web.server import Site
 
 from ktmail import errors, tls
 from ktmail.config import ConfigError, load_config
-from ktmail.services.accounts import AccountService
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
+from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
 from ktmail.services.dkim import DkimSigner
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
@@ -142,8 +142,8 @@ def makeService(options):
     top = service.MultiService()
     _DatabaseService(core.db).setServiceParent(top)
     tls_context = tls.server_context(config.tls) if config.tls else None
-    # outbound_queue.enqueue is what submission and webmail hand remote mail to
-    outbound_queue, outbound_scheduler = build_outbound(core, reactor)
+    # build_outbound(...)[0].enqueue is what submission and webmail hand remote mail to
+    _, outbound_scheduler = build_outbound(core, reactor)
     outbound_scheduler.setServiceParent(top)
 
     if config.listen.web:

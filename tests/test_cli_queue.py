@@ -8,7 +8,7 @@ import time
 
 from twisted.trial import unittest
 
-from ktmail.model import DELIVERED, QueueEntry, QueuedRecipient
+from ktmail.model import DELIVERED, QueuedRecipient, QueueEntry
 from ktmail.store.dkimkeys import DiskDkimKeyStore
 from ktmail.store.queue import DiskQueueStore
 from ktmail.store.sqlite import InlineRunner

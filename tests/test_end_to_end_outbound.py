@@ -107,7 +107,7 @@ class OutboundEndToEndTests(unittest.TestCase):
         yield wait_for(lambda: mx.messages, "the smarthost to receive the message")
         [got] = mx.messages
         self.assertEqual(got["rcpts"], ["bob@example.net"])
-        name, txt = yield keys.public_record("sboksi.fi")
+        _, txt = yield keys.public_record("sboksi.fi")
         self.assertTrue(dkim.verify(got["data"], dnsfunc=lambda n, timeout=5: txt.encode()))
         yield wait_for(lambda: not store.list_entries().result, "the queue to empty")
         yield wait_for(lambda: b"done: 1 delivered" in daemon.output, "the log line")

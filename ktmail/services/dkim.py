@@ -13,7 +13,6 @@ host name: DMARC alignment needs the From: domain.
 import base64
 import email.utils
 
-
 import dkim
 from twisted.internet import defer
 from twisted.logger import Logger

@@ -16,7 +16,7 @@ import re
 from ktmail.model import FAILED
 
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
-_REPLY = re.compile(r"^([245]\d\d)[ -](.*)$", re.S)
+_REPLY = re.compile(r"^([245]\d\d)[ -](.*)$", re.DOTALL)
 
 
 def _status(reply, permanent):

@@ -37,7 +37,14 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from ktmail import errors
-from ktmail.model import DELIVERED, FAILED, PENDING, Address, QueueEntry, QueuedRecipient
+from ktmail.model import (
+    DELIVERED,
+    FAILED,
+    PENDING,
+    Address,
+    QueuedRecipient,
+    QueueEntry,
+)
 from ktmail.services import deferred, dsn
 from ktmail.services.messagetext import CHUNK, header_block
 from ktmail.services.routing import NoRoute
@@ -136,7 +143,7 @@ def apply_outcomes(entry, outcomes, now, policy):
             continue
         if r.state != PENDING:
             continue
-        common = dict(attempts=r.attempts + 1, remote_mta=reply.host)
+        common = {"attempts": r.attempts + 1, "remote_mta": reply.host}
         if reply.ok:
             r = attrs.evolve(r, state=DELIVERED, reply=str(reply), **common)
         elif reply.permanent or policy.expired(now, entry.created):

@@ -35,7 +35,7 @@ import shutil
 from zope.interface import implementer
 
 from ktmail import errors
-from ktmail.model import QueueEntry, QueuedRecipient
+from ktmail.model import QueuedRecipient, QueueEntry
 from ktmail.store import IQueueStore
 
 ENTRY_ID = re.compile(r"[a-z0-9-]{1,64}\Z")

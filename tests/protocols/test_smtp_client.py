@@ -3,7 +3,9 @@ smuggling regression of Twisted's per-chunk transformChunk), SIZE and
 8BITMIME, and the opportunistic TLS policy with its log line."""
 
 import io
+import itertools
 
+import twisted.test
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, ssl, task
@@ -11,7 +13,6 @@ from twisted.logger import globalLogPublisher
 from twisted.python.filepath import FilePath
 from twisted.trial import unittest
 
-import twisted.test
 from ktmail.protocols.smtp_client import DataEncoder, SMTPDeliveryClient
 from ktmail.services.outbound import OutgoingMessage, SessionFailed
 from tests.fake_mx import FakeMX, LoopbackEndpoints
@@ -99,7 +100,7 @@ class DataEncoderTests(unittest.TestCase):
         same, and a server reading it gets the CRLF-normalised message."""
         message = b"".join(parts)
         bounds = sorted({0, len(message), *[c for c in cuts if c < len(message)]})
-        chunks = [message[a:b] for a, b in zip(bounds, bounds[1:])]
+        chunks = [message[a:b] for a, b in itertools.pairwise(bounds)]
         whole = encode([message])
         self.assertEqual(encode(chunks), whole)
         body, rest = unstuff(whole)

@@ -64,7 +64,7 @@ class MessageTextTests(unittest.TestCase):
 
     def test_scan_finds_header_block_and_8bit(self):
         """The scan returns the header block and notices 8-bit bytes."""
-        s = scan(MESSAGE + "Grüße\r\n".encode("utf-8"))
+        s = scan(MESSAGE + "Grüße\r\n".encode())
         self.assertTrue(s.headers.startswith(b"From: Anna"))
         self.assertTrue(s.headers.endswith(b"<1@sboksi.fi>\r\n"))
         self.assertTrue(s.eight_bit)

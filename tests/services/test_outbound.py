@@ -244,7 +244,7 @@ class DeliveryTests(OutboundTestCase):
         self.assertEqual(report["From"], f"Mail Delivery System <MAILER-DAEMON@{HOST}>")
         self.assertEqual(report.get_content_type(), "multipart/report")
         self.assertEqual(report.get_param("report-type"), "delivery-status")
-        text, status, headers = report.get_payload()
+        _, status, headers = report.get_payload()
         self.assertEqual(status.get_content_type(), "message/delivery-status")
         blocks = [b for b in status.get_payload()[1:]]
         self.assertEqual([b["Final-Recipient"] for b in blocks],

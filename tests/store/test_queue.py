@@ -9,7 +9,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from ktmail import errors
-from ktmail.model import DELIVERED, QueueEntry, QueuedRecipient
+from ktmail.model import DELIVERED, QueuedRecipient, QueueEntry
 from ktmail.store import IQueueStore
 from ktmail.store.memory import MemoryQueueStore
 from ktmail.store.queue import DiskQueueStore, entry_from_json, entry_to_json
