@@ -9,7 +9,7 @@ import signal
 import sys
 
 import dkim
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, utils
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial import unittest
 
@@ -61,57 +61,91 @@ def wait_for(condition, what, timeout=30.0):
 
 
 class OutboundEndToEndTests(unittest.TestCase):
-    timeout = 90
+    timeout = 120
 
     @defer.inlineCallbacks
-    def test_queued_message_reaches_the_smarthost_signed(self):
-        """The daemon picks up a newly queued message within seconds, sends
-        it to the smarthost, the signature verifies, and the queue empties."""
-        mx = FakeMX(name="relay.example")
-        port = yield mx.listen(self)
-        root = os.path.abspath(self.mktemp())
-        os.makedirs(root)
-        config = os.path.join(root, "ktmail.ini")
-        with open(config, "w") as f:
+    def setUp(self):
+        self.mx = FakeMX(name="relay.example")
+        port = yield self.mx.listen(self)
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        self.config = os.path.join(self.root, "ktmail.ini")
+        with open(self.config, "w") as f:
             f.write(CONFIG.format(port=port))
-        data_dir = os.path.join(root, "data")
+        self.data_dir = os.path.join(self.root, "data")
+        self.store = DiskQueueStore(self.data_dir, InlineRunner())
+        self.keys = DiskDkimKeyStore(self.data_dir, InlineRunner())
 
+    @defer.inlineCallbacks
+    def start_daemon(self):
+        """``twistd -n ktmail``; fires once its queue scheduler has started."""
         daemon = _Daemon()
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        process = reactor.spawnProcess(
-            daemon, twistd, [twistd, "-n", "--pidfile=", "ktmail", "--config", config],
+        daemon.process = reactor.spawnProcess(
+            daemon, twistd, [twistd, "-n", "--pidfile=", "ktmail", "--config", self.config],
             env=dict(os.environ), path=os.path.dirname(os.path.dirname(__file__)))
+        self.addCleanup(self.kill, daemon, signal.SIGTERM)
+        yield wait_for(lambda: b"outbound queue: " in daemon.output, "the daemon to start")
+        return daemon
 
-        @defer.inlineCallbacks
-        def stop():
-            if daemon.ended.called:
-                return
-            process.signalProcess(signal.SIGTERM)
+    @defer.inlineCallbacks
+    def kill(self, daemon, signo):
+        if not daemon.ended.called:
+            daemon.process.signalProcess(signo)
             yield daemon.ended
-        self.addCleanup(stop)
-        yield wait_for(lambda: b"outbound queue: empty" in daemon.output, "the daemon to start")
 
-        store = DiskQueueStore(data_dir, InlineRunner())
-        keys = DiskDkimKeyStore(data_dir, InlineRunner())
-        signer = DkimSigner(keys, InlineRunner(), reactor, ["sboksi.fi"], "mail.ktnet.fi")
-        queue = OutboundQueue(store, signer, None, None, None, reactor, "mail.ktnet.fi",
+    @defer.inlineCallbacks
+    def enqueue(self):
+        """What submission does: OutboundQueue.enqueue, from another process."""
+        signer = DkimSigner(self.keys, InlineRunner(), reactor, ["sboksi.fi"], "mail.ktnet.fi")
+        queue = OutboundQueue(self.store, signer, None, None, None, reactor, "mail.ktnet.fi",
                               ["sboksi.fi"])
-        spool = FakeSpool(os.path.join(root, "spool"))
+        spool = FakeSpool(os.path.join(self.root, "spool"))
         spool.write(MESSAGE)
         yield spool.finish()
         queue_id = yield queue.enqueue(
             FakeEnvelope("anna@sboksi.fi", (Address.parse("bob@example.net"),)), spool)
         spool.discard()
-        yield store.notify_changed()
+        yield self.store.notify_changed()
+        return queue_id
 
-        yield wait_for(lambda: mx.messages, "the smarthost to receive the message")
-        [got] = mx.messages
+    @defer.inlineCallbacks
+    def test_queued_message_reaches_the_smarthost_signed(self):
+        """The daemon picks up a newly queued message within seconds, sends
+        it to the smarthost, the signature verifies, and the queue empties."""
+        daemon = yield self.start_daemon()
+        queue_id = yield self.enqueue()
+        yield wait_for(lambda: self.mx.messages, "the smarthost to receive the message")
+        [got] = self.mx.messages
         self.assertEqual(got["rcpts"], ["bob@example.net"])
-        _, txt = yield keys.public_record("sboksi.fi")
+        _, txt = yield self.keys.public_record("sboksi.fi")
         self.assertTrue(dkim.verify(got["data"], dnsfunc=lambda n, timeout=5: txt.encode()))
-        yield wait_for(lambda: not store.list_entries().result, "the queue to empty")
+        yield wait_for(lambda: not self.store.list_entries().result, "the queue to empty")
         yield wait_for(lambda: b"done: 1 delivered" in daemon.output, "the log line")
         self.assertIn(f"{queue_id} to <bob@example.net>: delivered".encode(), daemon.output)
         self.assertIn(b"SMTP to 127.0.0.1 [127.0.0.1]: plaintext (STARTTLS not offered)",
                       daemon.output)
-        yield stop()
+
+    @defer.inlineCallbacks
+    def test_kill_9_then_operator_retry(self):
+        """A message the smarthost deferred survives kill -9 of the daemon;
+        after a restart, `ktmail-admin queue retry` makes the new daemon
+        deliver it at once, exactly once."""
+        self.mx.rcpt_replies["bob@example.net"] = [b"451 4.3.0 Try again later", b"250 ok"]
+        daemon = yield self.start_daemon()
+        queue_id = yield self.enqueue()
+
+        def deferred_once():
+            entries = self.store.list_entries().result
+            return entries and entries[0].recipient("bob@example.net").attempts == 1
+        yield wait_for(deferred_once, "the first, deferred attempt")
+        yield self.kill(daemon, signal.SIGKILL)
+
+        yield self.start_daemon()
+        admin = yield utils.getProcessOutputAndValue(
+            sys.executable, ["-m", "ktmail.cli", "--config", self.config, "queue", "retry",
+                             queue_id], env=dict(os.environ))
+        self.assertEqual(admin, (b"1 message(s) will be tried again within seconds\n", b"", 0))
+        yield wait_for(lambda: self.mx.messages, "the retried delivery")
+        yield wait_for(lambda: not self.store.list_entries().result, "the queue to empty")
+        self.assertEqual(len(self.mx.messages), 1)
