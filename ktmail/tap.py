@@ -12,8 +12,9 @@ import sys
 import attrs
 from twisted.application import service, strports
 from twisted.internet import defer, threads
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
+from twisted.names import client as dns_client
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.server import Site
 
@@ -21,10 +22,16 @@ from ktmail import errors, tls
 from ktmail.config import ConfigError, load_config
 from ktmail.protocols.reverse_dns import ReverseDNS
 from ktmail.protocols.smtp import InboundSMTPFactory, SubmissionSMTPFactory
+from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
+from ktmail.services.dkim import DkimSigner
+from ktmail.services.outbound import OutboundQueue, OutboundScheduler
+from ktmail.services.routing import MXRouter
 from ktmail.services.submission import SubmissionService
+from ktmail.store.dkimkeys import DiskDkimKeyStore
 from ktmail.store.maildir import MaildirStore
+from ktmail.store.queue import DiskQueueStore
 from ktmail.store.sqlite import Database, SQLiteStore, ThreadRunner
 from ktmail.web.app import WebRoot
 
@@ -77,6 +84,8 @@ class Core:
     throttle: object
     auth: object
     accounts: object
+    queue_store: object = None
+    dkim_keys: object = None
 
 
 def build_core(config, reactor):
@@ -92,7 +101,29 @@ def build_core(config, reactor):
     accounts = AccountService(store, mail, store, hasher, config.domains, config.limits,
                               reactor)
     return Core(config=config, reactor=reactor, db=db, store=store, mail=mail, hasher=hasher,
-                throttle=throttle, auth=auth, accounts=accounts)
+                throttle=throttle, auth=auth, accounts=accounts,
+                queue_store=DiskQueueStore(config.data_dir, run_in_thread),
+                dkim_keys=DiskDkimKeyStore(config.data_dir, run_in_thread))
+
+
+def _local_delivery_unavailable(recipient, message_file):
+    """Stand-in ``deliver_local`` until the delivery service is wired in:
+    DSNs to our own users wait in the queue (temporary failure)."""
+    return defer.fail(errors.StoreUnavailable("Local delivery is not available."))
+
+
+def build_outbound(core, reactor, deliver_local=_local_delivery_unavailable):
+    """The outbound queue and its scheduler service (SPEC §5): MX lookups
+    through the system's resolver, or the ``[relay] smarthost``."""
+    config = core.config
+    run_in_thread = reactor_thread_runner(reactor)
+    signer = DkimSigner(core.dkim_keys, run_in_thread, reactor, config.domains,
+                        config.hostname)
+    router = MXRouter(dns_client.createResolver(), config.relay.smarthost)
+    client = SMTPDeliveryClient(tcp_endpoint_factory(reactor), reactor, config.hostname)
+    queue = OutboundQueue(core.queue_store, signer, router, client, deliver_local, reactor,
+                          config.hostname, config.domains)
+    return queue, OutboundScheduler(queue, reactor)
 
 
 def listen(parent, reactor, config, name, factory, tls_context=None):
@@ -126,18 +157,17 @@ class _NoDeliveryService:
 def reverse_dns(reactor):
     """Forward-confirmed reverse DNS for Received: fields, with short
     timeouts; None when no name server is configured."""
-    from twisted.names import client
-
     try:
-        resolver = client.Resolver(resolv="/etc/resolv.conf", timeout=(2, 3), reactor=reactor)
+        resolver = dns_client.Resolver(resolv="/etc/resolv.conf", timeout=(2, 3), reactor=reactor)
     except (ValueError, OSError):
         return None
     return ReverseDNS(resolver, reactor)
 
 
-def listen_smtp(parent, reactor, config, core, tls_context):
+def listen_smtp(parent, reactor, config, core, tls_context, outbound):
     """The MX (``smtp``, STARTTLS with the configured certificate) and the
-    submission (``submission``, implicit TLS) listeners."""
+    submission (``submission``, implicit TLS; remote recipients go to the
+    ``outbound`` queue) listeners."""
     delivery = getattr(core, "delivery", None)
     if delivery is None:
         log.error("no delivery service: the SMTP listeners refuse every recipient (451)")
@@ -150,7 +180,7 @@ def listen_smtp(parent, reactor, config, core, tls_context):
                InboundSMTPFactory(tls_context=tls_context, **common), tls_context)
     if config.listen.submission:
         submission = SubmissionService(
-            delivery=delivery, outbound=getattr(core, "outbound", None), counters=core.store,
+            delivery=delivery, outbound=outbound, counters=core.store,
             limits=config.limits, domains=config.domains, hostname=config.hostname,
             clock=reactor)
         # implicit TLS comes from the listener; no STARTTLS inside it
@@ -167,10 +197,13 @@ def makeService(options):
     top = service.MultiService()
     _DatabaseService(core.db).setServiceParent(top)
     tls_context = tls.server_context(config.tls) if config.tls else None
+    # build_outbound(...)[0].enqueue is what submission and webmail hand remote mail to
+    outbound_queue, outbound_scheduler = build_outbound(core, reactor)
+    outbound_scheduler.setServiceParent(top)
 
     if config.listen.web:
         web = WebRoot(health_checks={"database": core.db.ping})
         listen(top, reactor, config, "web", Site(web.resource()), tls_context)
     if config.listen.smtp or config.listen.submission:
-        listen_smtp(top, reactor, config, core, tls_context)
+        listen_smtp(top, reactor, config, core, tls_context, outbound_queue)
     return top

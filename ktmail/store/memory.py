@@ -3,7 +3,9 @@ tests. They keep the same invariants as the real stores and are held to the
 same contract tests (tests/store/), so a test that passes against a fake
 means something."""
 
+import io
 import itertools
+import re
 
 import attrs
 from twisted.internet import defer
@@ -11,7 +13,7 @@ from zope.interface import implementer
 
 from ktmail import errors
 from ktmail.model import Customer, Mailbox
-from ktmail.store import IAccountStore, IAuditLog, ICounterStore
+from ktmail.store import IAccountStore, IAuditLog, ICounterStore, IQueueStore
 
 
 def _answer(fn):
@@ -206,3 +208,79 @@ class MemoryStore:
     @_answer
     def list_audit(self, limit=100):
         return list(reversed(self._audit))[:limit]
+
+
+_ENTRY_ID = re.compile(r"[a-z0-9-]{1,64}\Z")
+
+
+@implementer(IQueueStore)
+class MemoryQueueStore:
+    """The outbound queue in memory: entries and message bytes in dicts."""
+
+    def __init__(self):
+        self._entries = {}     # id -> QueueEntry
+        self._messages = {}    # id -> bytes
+        self._token = 0
+
+    def _check(self, entry_id):
+        if not isinstance(entry_id, str) or not _ENTRY_ID.match(entry_id) \
+                or entry_id not in self._entries:
+            raise errors.NotFound(f"There is no queued message '{entry_id}'.")
+
+    @_answer
+    def add(self, entry, message_path):
+        with open(message_path, "rb") as f:
+            data = f.read()
+        self._add(entry, data)
+
+    @_answer
+    def add_bytes(self, entry, message):
+        self._add(entry, bytes(message))
+
+    def _add(self, entry, data):
+        if not _ENTRY_ID.match(entry.id):
+            raise errors.NotFound(f"There is no queued message '{entry.id}'.")
+        if entry.id in self._entries:
+            raise errors.AlreadyExists(f"Message '{entry.id}' is already queued.")
+        self._entries[entry.id] = entry
+        self._messages[entry.id] = data
+
+    @_answer
+    def get(self, entry_id):
+        self._check(entry_id)
+        return self._entries[entry_id]
+
+    @_answer
+    def list_entries(self):
+        return sorted(self._entries.values(), key=lambda e: (e.created, e.id))
+
+    @_answer
+    def update(self, entry_id, change):
+        if entry_id not in self._entries:
+            return None
+        new = change(self._entries[entry_id])
+        self._entries[entry_id] = new
+        return new
+
+    @_answer
+    def remove(self, entry_id):
+        self._check(entry_id)
+        del self._entries[entry_id]
+        del self._messages[entry_id]
+
+    @_answer
+    def open_message(self, entry_id):
+        self._check(entry_id)
+        return io.BytesIO(self._messages[entry_id])
+
+    @_answer
+    def notify_changed(self):
+        self._token += 1
+
+    @_answer
+    def change_token(self):
+        return self._token
+
+    @_answer
+    def recover(self):
+        return 0
