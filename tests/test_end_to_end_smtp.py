@@ -281,6 +281,18 @@ class Submission(DaemonTestCase):
         self.assertEqual(len(parsed.get_all("Message-ID")), 1)
         self.assertEqual(len(parsed.get_all("Date")), 1)
 
+    def test_remote_recipient_is_queued(self):
+        """A remote recipient is accepted only into the outbound queue (the
+        test smarthost is closed, so it stays there): ktmail-admin queue
+        list shows it, DKIM-signed for alice's domain."""
+        require_delivery()
+        with self.daemon.submission(ALICE[0]) as s:
+            s.sendmail(ALICE[1], ["Friend@example.org"],
+                       message(ALICE[1], "Friend@example.org", "e2e-remote"))
+        listing = self.daemon.admin("queue", "list").stdout
+        self.assertIn(f"from <{ALICE[1]}>", listing)
+        self.assertIn("Friend@example.org", listing)
+
     def test_msmtp_wrong_password(self):
         """msmtp with a wrong password fails and reports the 535."""
         require_binary("msmtp")
