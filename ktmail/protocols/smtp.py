@@ -891,10 +891,15 @@ class SMTPServer(smtp.ESMTP):
         return None
 
     def _start_message(self):
+        """Open the spool -> None, or the Reply when it cannot be opened."""
         txn = self._txn
-        txn.writer = MessageWriter(self.factory.delivery.new_spool(),
-                                   self.factory.max_message_bytes,
+        try:
+            spool = self.factory.delivery.new_spool()
+        except Exception as e:
+            return to_smtp_reply(e, "data")
+        txn.writer = MessageWriter(spool, self.factory.max_message_bytes,
                                    lambda header_bytes: self._prefix(txn, header_bytes))
+        return None
 
     def _prefix(self, txn, header_bytes):
         return received_header(
@@ -919,9 +924,9 @@ class SMTPServer(smtp.ESMTP):
         refusal = self._ready_for_data()
         if refusal is None and self._txn.writer is not None:
             refusal = Reply(503, "5.5.1", "DATA cannot follow BDAT.")
+        refusal = refusal or self._start_message()
         if refusal is not None:
             return self._send(refusal)
-        self._start_message()
         self._reader = DotStuffedReader()
         self._mode = DATA
         self.transport.write(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n")
@@ -956,7 +961,7 @@ class SMTPServer(smtp.ESMTP):
             if self._bdat_last:
                 self._end_transaction()
         if refusal is None and self._txn.writer is None:
-            self._start_message()
+            refusal = self._start_message()
         self._bdat_refusal = refusal
         if self._bdat_left == 0:
             self._bdat_chunk_done()

@@ -428,6 +428,19 @@ class AfterDataFailures(MXTestCase):
         self.assertNotIn("secret", s.last)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_spool_cannot_be_opened(self):
+        """If no spool can be made (disk full), DATA gets 451 4.3.0 and BDAT
+        the same after its chunk was read; the session goes on."""
+        def full():
+            raise errors.StoreUnavailable()
+        self.delivery.new_spool = full
+        s = self.greeted()
+        s.send("MAIL FROM:<a@example.org>").expect("250")
+        s.send("RCPT TO:<alice@brev.fi>").expect("250")
+        s.send("DATA").expect("451 4.3.0")
+        s.send_raw(b"BDAT 4\r\nQUIT").expect("451 4.3.0")
+        s.send("NOOP").expect("250 2.0.0")
+
     def test_spool_finish_failure(self):
         """If the spool cannot be flushed to disk: 451 4.3.0."""
         s = self.greeted()
