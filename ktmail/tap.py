@@ -25,6 +25,7 @@ from ktmail.protocols.smtp import InboundSMTPFactory, SubmissionSMTPFactory
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
+from ktmail.services.bounces import AfterDataBounces
 from ktmail.services.dkim import DkimSigner
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
 from ktmail.services.routing import MXRouter
@@ -174,7 +175,8 @@ def listen_smtp(parent, reactor, config, core, tls_context, outbound):
         delivery = _NoDeliveryService()
     common = dict(hostname=config.hostname, clock=reactor, delivery=delivery,
                   max_message_bytes=config.limits.max_message_bytes,
-                  reverse_dns=reverse_dns(reactor), postmaster_domain=config.domains[0])
+                  reverse_dns=reverse_dns(reactor), postmaster_domain=config.domains[0],
+                  bounces=AfterDataBounces(outbound, delivery, config.hostname, reactor))
     if config.listen.smtp:
         listen(parent, reactor, config, "smtp",
                InboundSMTPFactory(tls_context=tls_context, **common), tls_context)

@@ -1032,7 +1032,7 @@ class SMTPServer(smtp.ESMTP):
             tls=self.tls_info(),
             protocol=self.with_type(txn), received_at=self.factory.clock.seconds())
         results = await self.hand_over(envelope, writer.spool)
-        return self._delivery_reply(txn, results)
+        return self._delivery_reply(txn, results, envelope, writer.header_bytes)
 
     def check_message(self, header_bytes):
         """A Reply to refuse the message by its header, or None."""
@@ -1042,7 +1042,7 @@ class SMTPServer(smtp.ESMTP):
         """Deliver or queue -> {Address: None | KtmailError}."""
         raise NotImplementedError
 
-    def _delivery_reply(self, txn, results):
+    def _delivery_reply(self, txn, results, envelope, message_start):
         """One reply for the whole message.
 
         Every recipient stored -> 250. None stored -> the first temporary
@@ -1051,8 +1051,9 @@ class SMTPServer(smtp.ESMTP):
         the message (the client's retry duplicates the stored copies, which
         is better than losing one); only permanent failures -> 250, since
         the client could not resend to just the failed recipients, and the
-        failures are logged. RCPT already refused what could be known
-        (unknown mailbox, full mailbox), so this is rare."""
+        sender gets a DSN for those (services.bounces). RCPT already
+        refused what could be known (unknown mailbox, full mailbox), so
+        this is rare."""
         failures = {a: e for a, e in results.items() if e is not None}
         missing = [a for a in txn.recipients if a not in results]
         for address in missing:
@@ -1069,8 +1070,20 @@ class SMTPServer(smtp.ESMTP):
                      text=getattr(error, "text", repr(error)))
         if temporary:
             return temporary[0]
+        self._bounce(envelope, {address: f"{r.code} {r.status} {r.text}"
+                                for address, r in zip(failures, replies)}, message_start)
         return Reply(250, "2.0.0", f"Message accepted for {len(txn.recipients) - len(failures)}"
                                    f" of {len(txn.recipients)} recipients, id {txn.id}")
+
+    def _bounce(self, envelope, failures, message_start):
+        bounces = self.factory.bounces
+        if bounces is None:
+            log.error("SMTP {listener}: no DSN can be sent for {count} failed recipient(s)",
+                      listener=self.listener, count=len(failures))
+            return
+        d = bounces.report(envelope, failures, message_start)
+        d.addErrback(lambda f: log.failure("SMTP {listener}: the DSN could not be queued", f,
+                                           listener=self.listener))
 
     def _log_transaction(self, txn, writer, reply):
         log.info("SMTP {listener} client={client} id={id} from=<{sender}> rcpts={count} "
@@ -1289,7 +1302,7 @@ class SMTPFactory(protocol.ServerFactory):
     noisy = False
 
     def __init__(self, *, hostname, clock, max_message_bytes, delivery, tls_context=None,
-                 reverse_dns=None, postmaster_domain=None, max_per_client=20,
+                 reverse_dns=None, postmaster_domain=None, bounces=None, max_per_client=20,
                  max_sessions=1000):
         self.hostname = hostname
         self.clock = clock
@@ -1299,6 +1312,8 @@ class SMTPFactory(protocol.ServerFactory):
         #: callable(ip) -> Deferred[str | None], forward-confirmed reverse DNS
         self.reverse_dns = reverse_dns
         self.postmaster_domain = postmaster_domain or hostname
+        #: services.bounces.AfterDataBounces, for recipients that fail after DATA
+        self.bounces = bounces
         self.max_per_client = max_per_client
         self.max_sessions = max_sessions
         self.sessions = collections.Counter()

@@ -17,6 +17,15 @@ from ktmail.protocols import smtp
 from tests.protocols.fakes import ALICE, BOB, FakeDeliveryService, POSTMASTER, inbound_factory
 from tests.protocols.transcript import SMTPTranscript
 
+class FakeBounces:
+    def __init__(self, reported):
+        self.reported = reported
+
+    def report(self, envelope, failures, message_start):
+        self.reported.append((envelope, failures, message_start))
+        return defer.succeed("DSN1")
+
+
 MESSAGE = ("From: friend@example.org\r\nTo: alice@brev.fi\r\nSubject: hello\r\n\r\n"
            "Hello Alice.\r\n")
 
@@ -409,14 +418,22 @@ class AfterDataFailures(MXTestCase):
 
     def test_permanent_failure_of_one_recipient(self):
         """One stored and one refused permanently: 250 for the message, so the
-        stored recipient does not get it again; the failure is logged."""
+        stored recipient does not get it again; the failure is logged and
+        reported to the sender (a DSN, services.bounces)."""
         self.delivery.failures = {BOB.address: errors.QuotaExceeded()}
+        reported = []
+        self.factory.bounces = FakeBounces(reported)
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.deliver(["alice@brev.fi", "bob@pikaposti.fi"]).expect("250 2.0.0")
         self.assertTrue(any("failed after DATA" in e.get("log_format", "") and
                             e.get("rcpt") == "bob@pikaposti.fi" for e in events))
+        [(envelope, failures, start)] = reported
+        self.assertEqual(envelope.sender, "f@example.org")
+        self.assertEqual(list(failures), [BOB.address])
+        self.assertTrue(failures[BOB.address].startswith("552 5.2.2 "))
+        self.assertTrue(start.startswith(b"From: friend@example.org"))
 
     def test_unexpected_error_is_451_and_logged(self):
         """A bug in delivery: 451 4.3.0 with a generic text; the detail goes
