@@ -10,19 +10,20 @@ import os
 import sys
 
 import attrs
-from twisted.application import service, strports
+from twisted.application import internet, service, strports
 from twisted.internet import threads
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
-from twisted.web.server import Site
 
 from ktmail import tls
 from ktmail.config import ConfigError, load_config
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
+from ktmail.store.dkimkeys import DkimKeyDirectory
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.sqlite import Database, SQLiteStore, ThreadRunner
-from ktmail.web.app import WebRoot
+from ktmail.web.app import build_root, make_site
+from ktmail.web.sessions import MAILBOX
 
 
 class Options(usage.Options):
@@ -71,6 +72,8 @@ class Core:
     throttle: object
     auth: object
     accounts: object
+    #: DKIM public keys for `ktmail-admin dns` (read-only view of <data_dir>/dkim/)
+    dkim: object = None
 
 
 def build_core(config, reactor):
@@ -86,7 +89,8 @@ def build_core(config, reactor):
     accounts = AccountService(store, mail, store, hasher, config.domains, config.limits,
                               reactor)
     return Core(config=config, reactor=reactor, db=db, store=store, mail=mail, hasher=hasher,
-                throttle=throttle, auth=auth, accounts=accounts)
+                throttle=throttle, auth=auth, accounts=accounts,
+                dkim=DkimKeyDirectory(config.data_dir))
 
 
 def listen(parent, reactor, config, name, factory, tls_context=None):
@@ -113,6 +117,12 @@ def makeService(options):
     tls_context = tls.server_context(config.tls) if config.tls else None
 
     if config.listen.web:
-        web = WebRoot(health_checks={"database": core.db.ping})
-        listen(top, reactor, config, "web", Site(web.resource()), tls_context)
+        web = build_root(config, reactor, core.accounts, core.auth, core.mail,
+                         health_checks={"database": core.db.ping})
+        sessions = web.web.sessions
+        # a removed mailbox's webmail sessions end with it
+        core.accounts.removal_hooks.append(
+            lambda mailbox: sessions.destroy_account(MAILBOX, mailbox.username))
+        internet.TimerService(300, sessions.sweep).setServiceParent(top)
+        listen(top, reactor, config, "web", make_site(web, config.limits), tls_context)
     return top
