@@ -39,6 +39,16 @@ log = Logger()
 LOGIN_PAGES = {sessions.CUSTOMER: "/admin/", sessions.MAILBOX: "/webmail/"}
 
 
+def N_(message):
+    """Marks a message for the catalogue without translating it here."""
+    return message
+
+
+#: model.USERNAME_RULES, marked for the catalogue (a test keeps them equal)
+USERNAME_RULES_TEXT = N_("2-32 characters: lower-case letters a-z, digits, '.', '_' or '-', "
+                         "starting with a letter")
+
+
 class BadForm(Exception):
     """The request body is not a form we can read (not UTF-8, …)."""
 
