@@ -14,6 +14,7 @@ from twisted.internet import defer, task
 
 from ktmail import errors
 from ktmail.config import ConfigError, load_config
+from ktmail.services.clientsetup import ClientSettings, dns_records
 
 ACTOR = "ktmail-admin"
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
@@ -68,6 +69,9 @@ def build_parser():
     expire = sub.add_parser("expire", help="run the retention jobs once")
     expire.add_argument("--dry-run", action="store_true", help="only list what would go")
 
+    dns = sub.add_parser("dns", help="print the DNS records to publish for a hosted domain")
+    dns.add_argument("domain")
+
     spam = sub.add_parser("spam", help="spam filter")
     ssub = spam.add_subparsers(dest="action", required=True)
     ssub.add_parser("score", help="score the message on stdin")
@@ -114,6 +118,14 @@ async def run(args, core, stdin, out):
         elif args.action == "password":
             await accounts.set_mailbox_password(args.username, read_password(stdin), ACTOR)
             out.write(f"password of mailbox {args.username} changed\n")
+    elif args.group == "dns":
+        domain = args.domain.strip().lower().rstrip(".")
+        if domain not in core.config.domains:
+            raise Refused(f"{args.domain} is not one of the hosted domains "
+                          f"({', '.join(core.config.domains)})")
+        settings = ClientSettings.from_config(core.config)
+        dkim = core.dkim.public_records(domain) if core.dkim is not None else []
+        out.write("\n".join(dns_records(domain, settings, dkim)) + "\n")
     elif args.group == "expire":
         raise Refused("expire: the retention jobs are not available in this version")
     elif args.group == "spam":

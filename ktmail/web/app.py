@@ -24,8 +24,7 @@ import attrs
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web.resource import ForbiddenResource
-from twisted.web.static import File
+from twisted.web.resource import ForbiddenResource, NoResource, Resource
 from twisted.web.template import tags
 
 from ktmail.services.clientsetup import ClientSettings
@@ -41,15 +40,35 @@ log = Logger()
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 
-class StaticFiles(File):
-    """/static/: files only (a folder answers 403), cacheable for an hour."""
+class StaticFiles(Resource):
+    """/static/: the few small files of ``directory``, read once at start.
+    Only those names answer (no listing, no path can leave the folder);
+    cacheable for an hour."""
 
-    def directoryListing(self):
-        return ForbiddenResource()
+    isLeaf = True
+    TYPES = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
+             ".svg": b"image/svg+xml", ".png": b"image/png", ".ico": b"image/x-icon"}
+
+    def __init__(self, directory):
+        super().__init__()
+        self.files = {}
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            kind = self.TYPES.get(os.path.splitext(name)[1])
+            if kind and os.path.isfile(path):
+                with open(path, "rb") as f:
+                    self.files[name.encode()] = (kind, f.read())
 
     def render_GET(self, request):
+        name = b"/".join(request.postpath)
+        if name not in self.files:
+            return (ForbiddenResource() if not name else NoResource()).render(request)
+        kind, body = self.files[name]
+        request.setHeader(b"content-type", kind)
         request.setHeader(b"cache-control", b"public, max-age=3600")
-        return super().render_GET(request)
+        return body
+
+    render_HEAD = render_GET
 
 
 def local_path(text, default="/"):
@@ -75,6 +94,9 @@ class WebRoot:
     webmail: object = None      # webmail.Webmail
     clients: object = None      # clientconfig.ClientConfigPages
     app = Klein()
+
+    def __attrs_post_init__(self):
+        self._static = StaticFiles(STATIC_DIR)
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     async def healthz(self, request):
@@ -136,7 +158,7 @@ class WebRoot:
 
     @app.route("/static/", branch=True, methods=["GET", "HEAD"])
     def static(self, request):
-        return StaticFiles(STATIC_DIR)
+        return self._static
 
     @app.route("/lang/<code>", methods=["GET"])
     def language(self, request, code):

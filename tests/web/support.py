@@ -152,13 +152,20 @@ class Browser:
         all_headers.update(headers or {})
         d = self.stub.request(method, self.url(path), data=data, headers=all_headers,
                               allow_redirects=False)
-        self.stub.flush()
-        response = self.harness.ok(d)
-        body = self.harness.ok(self.stub.content(response))
+        response = self.harness.ok(self._pump(d))
+        body = self.harness.ok(self._pump(self.stub.content(response)))
         page = Page(response.code, response.headers, body.decode("utf-8"))
         if response.code == 200 and "text/html" in (page.header("content-type") or ""):
             self.last = page
         return page
+
+    def _pump(self, d):
+        """Move bytes until ``d`` fires (streamed answers need several rounds)."""
+        for _ in range(1000):
+            if d.called:
+                break
+            self.stub.flush()
+        return d
 
     def get(self, path, headers=None):
         return self.request("GET", path, headers=headers)
