@@ -15,7 +15,7 @@ Invariants:
   reads ``request.content`` with a streaming parser; at most
   ``max_uploads`` of them run at once (503 beyond that);
 - every answer carries a strict Content-Security-Policy (no inline script
-  or style, no framing), ``nosniff``, ``no-referrer`` and ``no-store``
+  or style, no framing), ``nosniff``, ``same-origin`` referrers and ``no-store``
   unless a page says otherwise; HSTS when the request came over TLS.
 """
 
@@ -30,7 +30,7 @@ SECURITY_HEADERS = {
         b"base-uri 'none'"),
     b"x-frame-options": b"DENY",
     b"x-content-type-options": b"nosniff",
-    b"referrer-policy": b"no-referrer",
+    b"referrer-policy": b"same-origin",  # "no-referrer" would make POSTs send Origin: null
     b"cross-origin-opener-policy": b"same-origin",
     b"permissions-policy": b"camera=(), microphone=(), geolocation=(), payment=()",
     b"cache-control": b"no-store",

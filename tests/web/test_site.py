@@ -113,7 +113,7 @@ class HeaderAndErrorTests(unittest.TestCase):
         self.assertNotIn("unsafe-inline", csp)
         self.assertEqual(page.header("x-frame-options"), "DENY")
         self.assertEqual(page.header("x-content-type-options"), "nosniff")
-        self.assertEqual(page.header("referrer-policy"), "no-referrer")
+        self.assertEqual(page.header("referrer-policy"), "same-origin")
         self.assertEqual(page.header("cache-control"), "no-store")
         self.assertEqual(page.header("strict-transport-security"), "max-age=31536000")
         self.assertEqual(page.header("content-type"), "text/html; charset=utf-8")
