@@ -34,7 +34,7 @@ def listener_port(description, name):
         parts = parts[1:]
     kind = parts[0]
     if kind in ("tcp", "tcp6", "ssl") and len(parts) > 1:
-        port = parts[1][5:] if parts[1].startswith("port=") else parts[1]
+        port = parts[1].removeprefix("port=")
         if port.isdigit():
             return int(port)
     for part in parts[1:]:

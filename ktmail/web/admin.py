@@ -17,8 +17,12 @@ from twisted.internet import defer
 from twisted.web.template import tags
 
 from ktmail import errors
-from ktmail.model import (MIN_PASSWORD_LENGTH, USERNAME_RULES, check_password,
-                          normalize_username)
+from ktmail.model import (
+    MIN_PASSWORD_LENGTH,
+    USERNAME_RULES,
+    check_password,
+    normalize_username,
+)
 from ktmail.web import clientconfig, guards, pages
 from ktmail.web.guards import action, login_action, page
 from ktmail.web.pages import FormErrors, field, fmt, post_form
@@ -176,7 +180,6 @@ class AdminPortal:
 
         def unknown(failure):
             guards.log.failure("usage of mailbox {id} unknown", failure, id=mailbox.id)
-            return None
         return d.addErrback(unknown)
 
     def _mailbox_card(self, _, session, m, used, now):

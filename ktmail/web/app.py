@@ -28,15 +28,18 @@ from twisted.web.resource import ForbiddenResource, NoResource, Resource
 from twisted.web.template import tags
 
 from ktmail.services.clientsetup import ClientSettings
-from ktmail.web import guards, pages, webmail
+from ktmail.web import guards, pages
 from ktmail.web.admin import AdminPortal
 from ktmail.web.clientconfig import ClientConfigPages
 from ktmail.web.i18n import LANG_COOKIE, LANGUAGES, Catalogues
 from ktmail.web.sessions import SessionStore
 from ktmail.web.site import GuardedSite
+from ktmail.web.webmail import UPLOAD_PREFIXES, Webmail
 
 log = Logger()
 
+STATIC_TYPES = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
+                ".svg": b"image/svg+xml", ".png": b"image/png", ".ico": b"image/x-icon"}
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 
@@ -46,15 +49,13 @@ class StaticFiles(Resource):
     cacheable for an hour."""
 
     isLeaf = True
-    TYPES = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
-             ".svg": b"image/svg+xml", ".png": b"image/png", ".ico": b"image/x-icon"}
 
     def __init__(self, directory):
         super().__init__()
         self.files = {}
         for name in sorted(os.listdir(directory)):
             path = os.path.join(directory, name)
-            kind = self.TYPES.get(os.path.splitext(name)[1])
+            kind = STATIC_TYPES.get(os.path.splitext(name)[1])
             if kind and os.path.isfile(path):
                 with open(path, "rb") as f:
                     self.files[name.encode()] = (kind, f.read())
@@ -145,7 +146,7 @@ class WebRoot:
         return pages.redirect(request, "/admin/", status=301)
 
     @app.route("/admin/", branch=True)
-    def admin(self, request):
+    def admin_pages(self, request):
         return self.portal.app.resource()
 
     @app.route("/webmail", methods=["GET", "HEAD"])
@@ -153,7 +154,7 @@ class WebRoot:
         return pages.redirect(request, "/webmail/", status=301)
 
     @app.route("/webmail/", branch=True)
-    def webmail(self, request):
+    def webmail_pages(self, request):
         return self.webmail.app.resource()
 
     @app.route("/static/", branch=True, methods=["GET", "HEAD"])
@@ -203,7 +204,7 @@ def build_root(config, clock, accounts, auth, mail, health_checks=None, sessions
         health_checks=health_checks or {}, web=web,
         portal=AdminPortal(web=web, accounts=accounts, auth=auth, mail=mail,
                            limits=config.limits, domains=config.domains, settings=settings),
-        webmail=webmail.Webmail(web=web, auth=auth),
+        webmail=Webmail(web=web, auth=auth),
         clients=ClientConfigPages(web=web, accounts=accounts, settings=settings))
 
 
@@ -212,4 +213,4 @@ def make_site(root, limits=None, **kwargs):
     uploads streamed up to the message size limit (plus MIME overhead)."""
     upload_limit = (limits.max_message_bytes if limits else 50 * 1024 * 1024) + 1024 * 1024
     return GuardedSite(root.resource(), upload_limit=upload_limit,
-                       upload_prefixes=webmail.UPLOAD_PREFIXES, **kwargs)
+                       upload_prefixes=UPLOAD_PREFIXES, **kwargs)

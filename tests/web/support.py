@@ -19,7 +19,6 @@ from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, ThrottlePolicy
 from ktmail.store.memory import MemoryStore
 from ktmail.web.app import build_root, make_site
-
 from tests.services.fakes import RecordingMailStore, fast_hasher
 
 PW = "correct horse 7"
@@ -115,18 +114,18 @@ class Page:
 
     def text(self):
         """The visible text, tags removed, entities decoded, spaces folded."""
-        body = re.sub(r"<(script|style)\b.*?</\1>", " ", self.body, flags=re.S)
+        body = re.sub(r"<(script|style)\b.*?</\1>", " ", self.body, flags=re.DOTALL)
         return " ".join(unescape(re.sub(r"<[^>]+>", " ", body)).split())
 
     def field_error(self, name):
         """The error shown next to field ``name`` (None when there is none)."""
-        m = re.search(rf'<p class="field-error" id="e-{name}">(.*?)</p>', self.body, re.S)
+        m = re.search(rf'<p class="field-error" id="e-{name}">(.*?)</p>', self.body, re.DOTALL)
         return unescape(m.group(1)) if m else None
 
     def alerts(self):
         return [unescape(re.sub(r"<[^>]+>", "", m))
                 for m in re.findall(r'<div class="alert[^"]*"[^>]*>(.*?)</div>', self.body,
-                                    re.S)]
+                                    re.DOTALL)]
 
 
 class Browser:

@@ -14,7 +14,6 @@ from ktmail.config import DEFAULT_DOMAINS
 from ktmail.services.clientsetup import ClientSettings, dns_records, listener_port
 from ktmail.store.dkimkeys import DkimKeyDirectory
 from ktmail.web.clientconfig import AUTOCONFIG_PLACEHOLDER
-
 from tests.web.support import HOST, PORTS, WebHarness
 
 # The clientConfig v1.1 format as Thunderbird's documentation describes it

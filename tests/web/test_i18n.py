@@ -35,8 +35,8 @@ def po_entries(lang):
     text = (pathlib.Path(LOCALE_DIR) / lang / "LC_MESSAGES" / "ktmail.po").read_text("utf-8")
     entries = {}
     for block in text.split("\n\n"):
-        mid = re.search(r'^msgid "(.*)"$', block, re.M)
-        mstr = re.search(r'^msgstr(?:\[0\])? "(.*)"$', block, re.M)
+        mid = re.search(r'^msgid "(.*)"$', block, re.MULTILINE)
+        mstr = re.search(r'^msgstr(?:\[0\])? "(.*)"$', block, re.MULTILINE)
         if mid and mid.group(1):
             def unquote(s):
                 return s.replace('\\"', '"').replace("\\\\", "\\")

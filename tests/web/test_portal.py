@@ -6,7 +6,6 @@ from twisted.trial import unittest
 from ktmail import errors
 from ktmail.web.admin import DAY
 from ktmail.web.sessions import CUSTOMER, MAILBOX
-
 from tests.web.support import PW, WebHarness
 
 

@@ -7,8 +7,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 
-from ktmail.web.site import MiB, GuardedSite
-
+from ktmail.web.site import GuardedSite, MiB
 from tests.web.support import WebHarness
 
 
