@@ -14,6 +14,7 @@ from twisted.internet import defer, task
 
 from ktmail import errors
 from ktmail.config import ConfigError, load_config
+from ktmail.services.clientsetup import ClientSettings, dns_records
 
 ACTOR = "ktmail-admin"
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
@@ -67,6 +68,9 @@ def build_parser():
 
     expire = sub.add_parser("expire", help="run the retention jobs once")
     expire.add_argument("--dry-run", action="store_true", help="only list what would go")
+
+    dns = sub.add_parser("dns", help="print the DNS records to publish for a hosted domain")
+    dns.add_argument("domain")
 
     spam = sub.add_parser("spam", help="spam filter")
     ssub = spam.add_subparsers(dest="action", required=True)
@@ -182,6 +186,17 @@ async def run(args, core, stdin, out):
         # TXT strings are at most 255 bytes (RFC 1035 §3.3.14): split the value
         parts = " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
         out.write(f"{name}. IN TXT ( {parts} )\n")
+    elif args.group == "dns":
+        domain = args.domain.strip().lower().rstrip(".")
+        if domain not in core.config.domains:
+            raise Refused(f"{args.domain} is not one of the hosted domains "
+                          f"({', '.join(core.config.domains)})")
+        settings = ClientSettings.from_config(core.config)
+        from ktmail.services.dkim import published_record
+
+        name, value = await published_record(core.dkim_keys, domain, set(core.config.domains))
+        dkim = [(name.split("._domainkey.")[0], value)]
+        out.write("\n".join(dns_records(domain, settings, dkim)) + "\n")
     elif args.group == "expire":
         raise Refused("expire: the retention jobs are not available in this version")
     elif args.group == "spam":

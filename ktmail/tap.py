@@ -10,13 +10,12 @@ import os
 import sys
 
 import attrs
-from twisted.application import service, strports
+from twisted.application import internet, service, strports
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
-from twisted.web.server import Site
 
 from ktmail import errors, tls
 from ktmail.config import ConfigError, load_config
@@ -34,7 +33,8 @@ from ktmail.store.dkimkeys import DiskDkimKeyStore
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.queue import DiskQueueStore
 from ktmail.store.sqlite import Database, SQLiteStore, ThreadRunner
-from ktmail.web.app import WebRoot
+from ktmail.web.app import build_root, make_site
+from ktmail.web.sessions import MAILBOX
 
 log = Logger()
 
@@ -204,8 +204,14 @@ def makeService(options):
     outbound_scheduler.setServiceParent(top)
 
     if config.listen.web:
-        web = WebRoot(health_checks={"database": core.db.ping})
-        listen(top, reactor, config, "web", Site(web.resource()), tls_context)
+        web = build_root(config, reactor, core.accounts, core.auth, core.mail,
+                         health_checks={"database": core.db.ping})
+        sessions = web.web.sessions
+        # a removed mailbox's webmail sessions end with it
+        core.accounts.removal_hooks.append(
+            lambda mailbox: sessions.destroy_account(MAILBOX, mailbox.username))
+        internet.TimerService(300, sessions.sweep).setServiceParent(top)
+        listen(top, reactor, config, "web", make_site(web, config.limits), tls_context)
     if config.listen.smtp or config.listen.submission:
         listen_smtp(top, reactor, config, core, tls_context, outbound_queue)
     return top

@@ -153,3 +153,7 @@ class AccountService:
 
     def get_mailbox(self, username):
         return self.accounts.get_mailbox_by_username(username.strip().lower())
+
+    def find_mailbox_by_address(self, address):
+        """-> Mailbox at ``address`` (an Address). NoSuchMailbox."""
+        return self.accounts.get_mailbox_by_address(address)
