@@ -245,7 +245,7 @@ def rss_check(root):
             before = rss_kib(daemon.pid)
             started = time.perf_counter()
             with PeakRSS(daemon.pid) as peak:
-                code, line = asyncio.run(send_big(data=data, **kwargs))
+                code, _ = asyncio.run(send_big(data=data, **kwargs))
             elapsed = time.perf_counter() - started
             del data
             print(f"{name:<26} {size / 2**20:.1f} MiB  reply {code}  {elapsed:5.2f} s  "

@@ -11,8 +11,13 @@ import ssl
 import subprocess
 import time
 
-from tests.e2e import (PASSWORD, DaemonTestCase, KtmailDaemon, require_binary,
-                       require_delivery)
+from tests.e2e import (
+    PASSWORD,
+    DaemonTestCase,
+    KtmailDaemon,
+    require_binary,
+    require_delivery,
+)
 
 ALICE = ("alice_u", "alice@brev.fi")
 BOB = ("bob_u", "bob@pikaposti.fi")

@@ -16,7 +16,7 @@ import secrets
 
 import attrs
 
-from ktmail.model import FAILED, Address, QueueEntry, QueuedRecipient
+from ktmail.model import FAILED, Address, QueuedRecipient, QueueEntry
 from ktmail.services import deferred, dsn
 from ktmail.services.delivery import Envelope
 from ktmail.services.submission import header_block

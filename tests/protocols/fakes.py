@@ -10,7 +10,12 @@ from ktmail import errors
 from ktmail.config import Limits
 from ktmail.model import Address, Mailbox
 from ktmail.protocols.smtp import InboundSMTPFactory, SubmissionSMTPFactory
-from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher, ThrottlePolicy
+from ktmail.services.auth import (
+    AuthService,
+    LoginThrottle,
+    PasswordHasher,
+    ThrottlePolicy,
+)
 from ktmail.services.submission import SubmissionService
 from ktmail.store.memory import MemoryStore
 

@@ -14,8 +14,15 @@ from twisted.trial import unittest
 from ktmail import errors
 from ktmail.model import Address
 from ktmail.protocols import smtp
-from tests.protocols.fakes import ALICE, BOB, FakeDeliveryService, POSTMASTER, inbound_factory
+from tests.protocols.fakes import (
+    ALICE,
+    BOB,
+    POSTMASTER,
+    FakeDeliveryService,
+    inbound_factory,
+)
 from tests.protocols.transcript import SMTPTranscript
+
 
 class FakeBounces:
     def __init__(self, reported):
@@ -985,7 +992,7 @@ class ReaderProperties(unittest.TestCase):
         expected = reference_data(stream)
         reader = smtp.DotStuffedReader()
         out, rest, pos = [], None, 0
-        for cut in sorted(set(c for c in cuts if c < len(stream))) + [len(stream)]:
+        for cut in sorted({c for c in cuts if c < len(stream)}) + [len(stream)]:
             pieces, rest = reader.feed(stream[pos:cut])
             out.extend(pieces)
             if rest is not None:

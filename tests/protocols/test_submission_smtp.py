@@ -12,7 +12,12 @@ from twisted.trial import unittest
 from ktmail.config import Limits
 from ktmail.services.auth import ThrottlePolicy
 from ktmail.services.ratelimit import Window
-from tests.protocols.fakes import ALICE, BOB, PASSWORD, FakeOutboundQueue, SubmissionWorld
+from tests.protocols.fakes import (
+    BOB,
+    PASSWORD,
+    FakeOutboundQueue,
+    SubmissionWorld,
+)
 from tests.protocols.transcript import SMTPTranscript
 
 

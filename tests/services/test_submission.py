@@ -15,8 +15,14 @@ from ktmail.services.delivery import Envelope
 from ktmail.services.submission import SubmissionService, field_names, from_addresses
 from ktmail.store.memory import MemoryStore
 from ktmail.store.sqlite import Database, InlineRunner, SQLiteStore
-from tests.protocols.fakes import (ALICE, BOB, DOMAINS, FakeDeliveryService, FakeOutboundQueue,
-                                   FakeSpool)
+from tests.protocols.fakes import (
+    ALICE,
+    BOB,
+    DOMAINS,
+    FakeDeliveryService,
+    FakeOutboundQueue,
+    FakeSpool,
+)
 
 
 def service(clock, counters=None, outbound=None, delivery=None, **limits):
