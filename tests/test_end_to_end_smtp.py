@@ -116,6 +116,19 @@ class InboundMX(DaemonTestCase):
                       b"mail.example.test (ktmail) with ESMTP id ", stored)
         self.assertIn(b"\r\n\r\n..dot line\r\nbye\r\n", stored)
 
+    def test_gtube_is_scanned_into_spam(self):
+        """Mail from the internet is spam-scanned: the GTUBE test message
+        lands in the Spam folder with X-Spam-Status: Yes, not in INBOX."""
+        require_delivery()
+        gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+        with self.daemon.smtp() as s:
+            s.sendmail("spammer@example.org", [ALICE[1]],
+                       message("spammer@example.org", ALICE[1], "e2e-gtube",
+                               body=f"Buy now!\r\n{gtube}\r\n"))
+        stored = self.daemon.wait_for_message(ALICE[0], "e2e-gtube", folder="Spam")
+        self.assertIn(b"X-Spam-Status: Yes", stored)
+        self.assertEqual([m for m in self.daemon.messages(ALICE[0]) if b"e2e-gtube" in m], [])
+
     def test_swaks_plain_and_starttls(self):
         """swaks delivers over plain SMTP and over STARTTLS; the second
         message's Received: line says ESMTPS with the TLS version."""
