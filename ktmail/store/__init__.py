@@ -122,3 +122,27 @@ class IMailStore(Interface):
 
     def usage(mailbox_id):
         """-> bytes used by all folders of the mailbox together."""
+
+
+class ISpamStatsStore(Interface):
+    """What the spam filter's Bayes classifier has learned (migration 003).
+
+    A *scope* is 0 for the statistics of the whole service, or a mailbox id
+    for that mailbox's own. Tokens are signed 64-bit integers (hashes).
+    Invariants kept by every implementation, atomically per call:
+    - a message (``message_key``) counts at most once per scope; learning it
+      again as the same class changes nothing, learning it as the other
+      class moves its counts over (a message moved out of Spam);
+    - counts never go below zero.
+    """
+
+    def load_stats(scopes, tokens):
+        """-> {scope: (nspam, nham, {token: (spam count, ham count)})} for every
+        scope asked, with only the tokens that scope has seen."""
+
+    def learn(scopes, message_key, tokens, is_spam):
+        """Count one message as spam or ham in each scope.
+        -> {scope: "learned" | "relearned" | "already"}."""
+
+    def forget_scope(scope):
+        """Drop everything learned in ``scope`` (a removed mailbox). Idempotent. -> None."""

@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from ktmail import errors
 from ktmail.model import Customer, Mailbox
-from ktmail.store import IAccountStore, IAuditLog, ICounterStore
+from ktmail.store import IAccountStore, IAuditLog, ICounterStore, ISpamStatsStore
 
 
 def _answer(fn):
@@ -204,3 +204,55 @@ class MemoryStore:
     @_answer
     def list_audit(self, limit=100):
         return list(reversed(self._audit))[:limit]
+
+
+@implementer(ISpamStatsStore)
+class MemorySpamStatsStore:
+    """ISpamStatsStore in dicts."""
+
+    def __init__(self):
+        self._totals = {}     # scope -> [nspam, nham]
+        self._tokens = {}     # scope -> {token: [nspam, nham]}
+        self._learned = {}    # (scope, message_key) -> is_spam
+
+    @_answer
+    def load_stats(self, scopes, tokens):
+        result = {}
+        for scope in scopes:
+            nspam, nham = self._totals.get(scope, (0, 0))
+            seen = self._tokens.get(scope, {})
+            result[scope] = (nspam, nham, {t: tuple(seen[t]) for t in tokens if t in seen})
+        return result
+
+    def _count(self, scope, tokens, index, delta):
+        totals = self._totals.setdefault(scope, [0, 0])
+        totals[index] = max(totals[index] + delta, 0)
+        seen = self._tokens.setdefault(scope, {})
+        for t in tokens:
+            counts = seen.setdefault(t, [0, 0])
+            counts[index] = max(counts[index] + delta, 0)
+            if counts == [0, 0]:
+                del seen[t]
+
+    @_answer
+    def learn(self, scopes, message_key, tokens, is_spam):
+        tokens = set(tokens)
+        outcome = {}
+        for scope in scopes:
+            before = self._learned.get((scope, message_key))
+            if before is not None and before == bool(is_spam):
+                outcome[scope] = "already"
+                continue
+            if before is not None:
+                self._count(scope, tokens, 0 if before else 1, -1)
+            self._count(scope, tokens, 0 if is_spam else 1, +1)
+            self._learned[scope, message_key] = bool(is_spam)
+            outcome[scope] = "relearned" if before is not None else "learned"
+        return outcome
+
+    @_answer
+    def forget_scope(self, scope):
+        self._totals.pop(scope, None)
+        self._tokens.pop(scope, None)
+        for key in [k for k in self._learned if k[0] == scope]:
+            del self._learned[key]

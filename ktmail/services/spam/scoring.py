@@ -3,7 +3,8 @@
 ``RuleSet`` is the configured set of rules (built-in defaults with the
 ``[spam_scores]`` overrides, and the ``required_score`` threshold). The
 Bayes classifier's opinion enters as one more rule, one of the ``BAYES_xx``
-buckets (SpamAssassin's names and default scores). No I/O, no clock.
+buckets (SpamAssassin's names; its scores, but stronger at the top, where
+the classifier trained by this service's own users is near certain). No I/O, no clock.
 """
 
 import attrs
@@ -24,7 +25,9 @@ BAYES_BUCKETS = (
     ("BAYES_60", 0.60, 0.80, 1.5, "Bayes spam probability is 60 to 80%"),
     ("BAYES_80", 0.80, 0.95, 2.0, "Bayes spam probability is 80 to 95%"),
     ("BAYES_95", 0.95, 0.99, 3.0, "Bayes spam probability is 95 to 99%"),
-    ("BAYES_99", 0.99, 1.01, 3.5, "Bayes spam probability is 99 to 100%"),
+    ("BAYES_99", 0.99, 0.999, 4.0, "Bayes spam probability is 99 to 99.9%"),
+    # SpamBayes itself calls 0.9 spam; at 0.999 the learned opinion decides alone
+    ("BAYES_999", 0.999, 1.01, 5.0, "Bayes spam probability is 99.9 to 100%"),
 )
 
 
