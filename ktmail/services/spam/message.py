@@ -390,6 +390,9 @@ def _walk(part, message, depth=0):
     if depth > 20:
         return
     ctype = part.get_content_type()
+    if ctype.startswith("multipart/") and not part.is_multipart():
+        message.broken_multipart = True
+        return
     if part.is_multipart():
         payload = part.get_payload()
         if not payload or not isinstance(payload, list) or part.get_param("boundary") is None:
@@ -475,7 +478,7 @@ def _compare_alternatives(parts, message):
         return
     plain_words = {w.lower() for w in _WORD.findall(plain)}
     html_words = {w.lower() for w in _WORD.findall(html_text)}
-    if len(plain_words) < 5 and len(html_words) >= 40:
+    if len(plain_words) < 8 and len(html_words) >= 40:
         message.alternative_mismatch = True
     elif len(plain_words) >= 20 and len(html_words) >= 20:
         common = len(plain_words & html_words)
@@ -483,10 +486,36 @@ def _compare_alternatives(parts, message):
             message.alternative_mismatch = True
 
 
+def _header_text(value):
+    """A header value as text; raw 8-bit bytes (RFC 6532) read as UTF-8."""
+    if isinstance(value, email.header.Header):
+        # compat32 wraps 8-bit header bytes in a Header of charset unknown-8bit
+        out = []
+        for chunk, _charset in email.header.decode_header(value):
+            if isinstance(chunk, bytes):
+                try:
+                    chunk = chunk.decode("utf-8")
+                except UnicodeDecodeError:
+                    chunk = chunk.decode("latin-1")
+            out.append(chunk)
+        return "".join(out)
+    text = str(value)
+    if text.isascii():
+        return text
+    raw = text.encode("ascii", "surrogateescape") if any(
+        "\udc80" <= c <= "\udcff" for c in text) else None
+    if raw is None:
+        return text
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def parse_bytes(data, size=None, truncated=False):
     """Parse (already bounded) message bytes into a ParsedMessage."""
     msg = email.message_from_bytes(data, policy=email.policy.compat32)
-    headers = [(name.lower(), str(value)) for name, value in msg.items()]
+    headers = [(name.lower(), _header_text(value)) for name, value in msg.items()]
     message = ParsedMessage(headers=headers, size=len(data) if size is None else size,
                             truncated=truncated, content_type=msg.get_content_type(),
                             unixfrom=msg.get_unixfrom() or "")
