@@ -18,10 +18,14 @@ from twisted.web.server import Site
 
 from ktmail import tls
 from ktmail.config import ConfigError, load_config
+from ktmail.errors import ValidationError
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
+from ktmail.services.retention import IFolderExpiry, SpamExpiryJob
+from ktmail.services.spam import SpamFilter, check_rule_names
+from ktmail.services.spam.auth import TwistedNamesResolver
 from ktmail.store.maildir import MaildirStore
-from ktmail.store.sqlite import Database, SQLiteStore, ThreadRunner
+from ktmail.store.sqlite import Database, SQLiteSpamStatsStore, SQLiteStore, ThreadRunner
 from ktmail.web.app import WebRoot
 
 
@@ -34,9 +38,13 @@ class Options(usage.Options):
     def postOptions(self):
         try:
             self["loaded"] = load_config(self["config"])
+            check_rule_names(self["loaded"].spam.score_overrides())
         except ConfigError as e:
             # one line per problem, no usage text: the operator needs the key
             sys.stderr.write(e.summary() + "\n")
+            raise SystemExit(1)
+        except ValidationError as e:
+            sys.stderr.write(f"{self['config']}: {e.text}\n")
             raise SystemExit(1)
 
 
@@ -71,10 +79,16 @@ class Core:
     throttle: object
     auth: object
     accounts: object
+    spam_stats: object = None
+    spam: object = None
+    #: jobs with name / run_once(dry_run) / service(): Spam expiry, inactivity
+    retention_jobs: list = attrs.Factory(list)
 
 
-def build_core(config, reactor):
-    """Stores and services, wired; shared by the daemon and ktmail-admin."""
+def build_core(config, reactor, resolver=None):
+    """Stores and services, wired; shared by the daemon and ktmail-admin.
+    ``resolver``: the spam filter's DNS (auth.DNSResolver), None: no
+    SPF/DKIM/DMARC checks (ktmail-admin)."""
     os.makedirs(config.data_dir, exist_ok=True)
     run_in_thread = reactor_thread_runner(reactor)
     db = Database(os.path.join(config.data_dir, "ktmail.db"), ThreadRunner(reactor))
@@ -85,8 +99,16 @@ def build_core(config, reactor):
     auth = AuthService(store, hasher, throttle, reactor)
     accounts = AccountService(store, mail, store, hasher, config.domains, config.limits,
                               reactor)
+    spam_stats = SQLiteSpamStatsStore(db)
+    spam = SpamFilter(config.spam, spam_stats, run_in_thread, reactor, resolver=resolver,
+                      hostname=config.hostname)
+    accounts.removal_hooks.append(spam.forget_mailbox)
+    retention_jobs = []
+    if IFolderExpiry.providedBy(mail):
+        retention_jobs.append(SpamExpiryJob(store, mail, config.limits, reactor, audit=store))
     return Core(config=config, reactor=reactor, db=db, store=store, mail=mail, hasher=hasher,
-                throttle=throttle, auth=auth, accounts=accounts)
+                throttle=throttle, auth=auth, accounts=accounts, spam_stats=spam_stats,
+                spam=spam, retention_jobs=retention_jobs)
 
 
 def listen(parent, reactor, config, name, factory, tls_context=None):
@@ -106,10 +128,15 @@ def listen(parent, reactor, config, name, factory, tls_context=None):
 def makeService(options):
     from twisted.internet import reactor
 
+    from twisted.names import client as dns_client
+
     config = options["loaded"]
-    core = build_core(config, reactor)
+    resolver = TwistedNamesResolver(dns_client.createResolver(reactor=reactor))
+    core = build_core(config, reactor, resolver=resolver)
     top = service.MultiService()
     _DatabaseService(core.db).setServiceParent(top)
+    for job in core.retention_jobs:
+        job.service().setServiceParent(top)
     tls_context = tls.server_context(config.tls) if config.tls else None
 
     if config.listen.web:
