@@ -72,6 +72,17 @@ CASES = {
     "BODY_MONEY_PROMISE": (variant(body="Congratulations, you have won a car.\n"), None),
     "BODY_MANY_PROMISES": (variant(body="Work from home, be your own boss, risk-free, "
                                         "financial freedom!\n"), None),
+    "BODY_MANY_PROMISES_8": (variant(body="Work from home, be your own boss, risk-free, "
+                                          "financial freedom, no obligation, 50% off, free "
+                                          "shipping, satisfaction guaranteed!\n"), None),
+    "BODY_SPACED_LETTERS": (variant(body="Get F R E E access to our M A S T E R list\n"),
+                            None),
+    "SUBJ_RANDOM_TOKEN": (variant(set_headers=[("Subject", "Hello 7099ocYT9-261UccU3485")]),
+                          None),
+    "FROM_LOCAL_RANDOM": (variant(set_headers=[("From", "<hugh5546x73@example.net>")]), None),
+    "FORGED_MUA_OUTLOOK": (variant(add=[("X-Mailer", "Microsoft Outlook Express 6.00.2800")]),
+                           None),
+    "MIME_NO_VERSION": (variant(remove=["MIME-Version"]), None),
     "BODY_PUSHY": (variant(body="Act now: limited time offer.\n"), None),
     "BODY_PHARMA": (variant(body="Cheap viagra without prescription.\n"), None),
     "BODY_ADULT": (variant(body="Hot singles in your area, xxx videos.\n"), None),

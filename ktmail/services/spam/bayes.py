@@ -66,6 +66,11 @@ def _words(text, prefix=""):
         yield prefix + word
 
 
+def _shape(text):
+    """Letters -> a, digits -> 9, runs collapsed: 'hugh5546x73' -> 'a9a9'."""
+    return re.sub(r"(.)\1+", r"\1", re.sub(r"[^\W\d_]", "a", re.sub(r"\d", "9", text)))
+
+
 def tokenize(message):
     """The distinct tokens of a ParsedMessage (at most MAX_TOKENS)."""
     facts = Facts(message)
@@ -85,6 +90,16 @@ def tokenize(message):
             add(word)
     if facts.reply_to_domain:
         add("reply-to:" + facts.reply_to_domain)
+    if facts.from_addr:
+        add("from-local-shape:" + _shape(facts.from_addr.partition("@")[0]))
+    mid = message.get("message-id") or ""
+    add("mid-shape:" + _shape(mid.strip().strip("<>").partition("@")[0])[:12])
+    add("mid-domain:" + organizational_domain(mid.strip().strip("<>").rpartition("@")[2]))
+    recipients = sum(len(v.split(",")) for n, v in message.headers if n in ("to", "cc"))
+    add(f"recipients:{min(recipients, 10)}")
+    subject = facts.subject
+    for run in re.findall(r"[!?$%*]{2,}|[A-Z]{4,}", subject):
+        add("subject-run:" + (run[:3] if not run.isalpha() else "CAPS"))
     mailer = message.get("x-mailer") or message.get("user-agent")
     if mailer:
         add("mailer:" + " ".join(mailer.split()[:2]).lower()[:40])
@@ -99,6 +114,8 @@ def tokenize(message):
     for hop in facts.hops[1:6]:
         if hop.rdns:
             add("rcvd:" + organizational_domain(hop.rdns))
+        if hop.ip and "." in hop.ip:
+            add("rcvd-ip:" + ".".join(hop.ip.split(".")[:2]))
     for host in facts.url_hosts[:200]:
         labels = host.split(".")
         for i in range(max(0, len(labels) - 4), len(labels) - 1):

@@ -171,6 +171,44 @@ def _subj_tracking(f):
     return bool(re.search(r"\S\s{4,}[\[(#]?[a-z0-9-]{3,}[\])]?\s*$", raw, re.I))
 
 
+_RANDOM_TOKEN = re.compile(r"(?=[A-Za-z0-9-]*[a-z])(?=[A-Za-z0-9-]*[A-Z])(?=[A-Za-z0-9-]*\d)"
+                           r"\b[A-Za-z0-9-]{10,}\b")
+
+
+@rule("SUBJ_RANDOM_TOKEN", 1.0, "Subject: carries a random mixed-case code (filter busting)")
+def _subj_random(f):
+    for m in _RANDOM_TOKEN.finditer(f.subject):
+        if len(re.findall(r"[a-z][A-Z]|[A-Z][a-z]{0,1}\d|\d[a-zA-Z]", m.group(0))) >= 3:
+            return True
+    return False
+
+
+@rule("FROM_LOCAL_RANDOM", 0.7, "From: address is letters and digits mixed like a generated one")
+def _from_local_random(f):
+    local = f.from_addr.partition("@")[0]
+    return len(re.findall(r"[a-z]+|\d+", local.lower())) >= 4 and \
+        sum(c.isdigit() for c in local) >= 3 and not re.search(r"[._+-]", local)
+
+
+@rule("FORGED_MUA_OUTLOOK", 1.0, "Claims Outlook Express but its Message-ID is not Outlook's")
+def _forged_outlook(f):
+    mailer = (f.message.get("x-mailer") or "").lower()
+    # Windows Outlook Express always wrote <hex$hex$hex@host>; the Mac edition
+    # left the Message-ID to the server
+    if "outlook express" not in mailer or "macintosh" in mailer:
+        return False
+    mid = f.message.get("message-id") or ""
+    if re.search(r"@(?:hotmail|msn)\.com>", mid, re.I):
+        return False  # sent through Hotmail's HTTPMail, which assigns its own
+    return not re.match(r"\s*<[0-9a-f]{6,}\$[0-9a-f]+\$[0-9a-f]+@", mid, re.I)
+
+
+@rule("MIME_NO_VERSION", 0.5, "MIME headers without MIME-Version: (broken bulk mailer)")
+def _mime_no_version(f):
+    return (f.message.has("content-transfer-encoding") or f.message.content_type.startswith(
+        ("multipart/", "text/html"))) and not f.message.has("mime-version")
+
+
 _CYRILLIC_GREEK = re.compile(r"[\u0370-\u03ff\u0400-\u04ff]")
 _LATIN = re.compile(r"[A-Za-z]")
 _WORDS = re.compile(r"[^\W\d_]+", re.U)
@@ -317,11 +355,20 @@ _MONEY_PROMISE = _phrases(
     r"mortgage (?:rates?|approval|refinanc)", r"refinance", r"credit (?:card )?debt",
     r"consolidate (?:your )?debt", r"(?:pre-?)?approved (?:loan|for)", r"bad credit",
     r"investment opportunity", r"(?:bitcoin|crypto) (?:investment|trading|profit)",
+    r"satisfaction guaranteed", r"money[- ]back guarantee", r"no (?:obligation|strings attached)",
+    r"save (?:up to )?\d+%", r"\d+% off\b", r"free (?:shipping|samples?|report|software)",
+    r"(?:lowest|best|wholesale) prices?", r"home[- ]based business", r"multi[- ]level marketing",
+    r"(?:bulk|targeted|mass) e-?mail(?:ing|s)?", r"millions? of (?:e-?mail addresses|people|"
+    r"customers)", r"e-?mail (?:addresses|marketing)", r"increase (?:your )?(?:sales|traffic)",
+    r"miracle", r"amazing (?:results|offer|opportunity)", r"incredible (?:offer|deal)",
+    r"(?:toll[- ]free|call now)", r"1-?8[0-8]{2}-?\d{3}-?\d{4}", r"apply (?:now|online)",
+    r"while (?:they|stocks?) last", r"special promotion", r"no experience (?:needed|required)",
+    r"join (?:for )?free", r"cash bonus", r"pennies a day", r"all natural",
     r"olet voittanut", r"voitit", r"onnittelut[,!]? (?:olet|voitit)", r"du har vunnit",
     r"grattis[,!]? du har")
 
 
-@rule("BODY_MONEY_PROMISE", 1.0, "Promises winnings, easy money, cheap credit or free offers")
+@rule("BODY_MONEY_PROMISE", 0.7, "Promises winnings, easy money, cheap credit or free offers")
 def _money_promise(f):
     return bool(f.phrases(_MONEY_PROMISE))
 
@@ -331,12 +378,19 @@ def _many_promises(f):
     return len(f.phrases(_MONEY_PROMISE) | f.phrases(_PUSH)) >= 4
 
 
+@rule("BODY_MANY_PROMISES_8", 1.0, "Eight or more different spam promises")
+def _many_promises_8(f):
+    return len(f.phrases(_MONEY_PROMISE) | f.phrases(_PUSH)) >= 8
+
+
 _PUSH = _phrases(
     r"act now", r"order (?:now|today)", r"(?:buy|call|apply|sign up) (?:now|today)",
     r"limited time(?: offer| only)?", r"(?:offer|this) expires", r"don'?t (?:delete|miss) (?:this|out)",
     r"once in a lifetime", r"while supplies last", r"urgent(?:ly)? (?:reply|response|attention)",
     r"(?:click|tap) (?:here|below|the link)", r"dear (?:friend|sir/madam|beneficiary|winner)",
     r"this is not (?:a )?spam", r"not junk mail", r"you are receiving this (?:e-?mail )?because",
+    r"opted[- ]in", r"(?:click|reply) (?:here |below )?to (?:cancel|be removed|opt[- ]out)",
+    r"(?:with|put|type) (?:the word )?\"?remove\"? in the subject",
     r"to be removed from", r"remove (?:me|yourself) from", r"(?:reply|respond) with \"?remove",
     r"one[- ]time (?:mailing|e-?mail)", r"(?:sent|mailed) in compliance with",
     r"bill s\.? ?1618", r"this (?:e-?mail|message) (?:is|was) sent (?:to you )?(?:in|as) (?:an? )?"
@@ -351,7 +405,7 @@ def _pushy(f):
 _PHARMA = re.compile(
     r"\b(?:viagra|cialis|levitra|kamagra|tramadol|xanax|valium|vicodin|oxycontin|phentermine"
     r"|penis|erection|erectile|prescription drugs?|online pharmacy|weight loss pills?"
-    r"|lose (?:\d+ )?(?:pounds|lbs|weight)|hgh|human growth hormone|herbal (?:viagra|supplement))\b",
+    r"|lose (?:\d+(?:\.\d+)?\s?)?(?:pounds|lbs|kg|weight)|hgh|human growth hormone|herbal (?:viagra|supplement))\b",
     re.I)
 
 
@@ -456,6 +510,14 @@ def _obfuscated(f):
         if count >= 2:
             return True
     return False
+
+
+_SPACED = re.compile(r"(?<![\w.])(?:[A-Za-z] ){3,}[A-Za-z](?![\w.])")
+
+
+@rule("BODY_SPACED_LETTERS", 0.5, "Words spelled out with spaces (F R E E) to dodge filters")
+def _spaced(f):
+    return len(_SPACED.findall(f.subject + "\n" + f.text[:50_000])) >= 2
 
 
 @rule("BODY_MIXED_SCRIPT", 1.5, "Text hides Cyrillic or Greek look-alikes in Latin words")
