@@ -70,7 +70,7 @@ def figures(results):
                 fp_rate=fp_rate, precision=precision, f1=f1)
 
 
-def report(title, results, seconds, out):
+def report(title, results, seconds, out, timings=()):
     f = figures(results)
     out.write(f"{title}\n")
     out.write(f"  messages       {f['spam']} spam, {f['ham']} ham\n")
@@ -80,7 +80,13 @@ def report(title, results, seconds, out):
     out.write(f"  F1             {f['f1']:.3f}\n")
     if seconds:
         out.write(f"  speed          {len(results) / seconds:.0f} messages/second "
-                  f"({seconds / len(results) * 1000:.2f} ms each)\n")
+                  f"({seconds / len(results) * 1000:.2f} ms each on average)\n")
+    if timings:
+        ordered = sorted(timings)
+        median = ordered[len(ordered) // 2] * 1000
+        p95 = ordered[int(len(ordered) * 0.95)] * 1000
+        out.write(f"  per message    median {median:.2f} ms, 95th percentile {p95:.2f} ms, "
+                  f"slowest {ordered[-1] * 1000:.1f} ms\n")
     return f
 
 
@@ -115,22 +121,27 @@ def main(argv=None, out=sys.stdout):
                   f"(random half, seed {args.seed}); figures below are for the OTHER half "
                   "only\n\n")
 
-    plain, learned = [], []
+    plain, learned, timings = [], [], []
     started = time.perf_counter()
     for path, is_spam in evaluate:
+        began = time.perf_counter()
         message = parse_file(path)
         plain.append((is_spam, score(message, rules)))
+        timings.append(time.perf_counter() - began)
     plain_seconds = time.perf_counter() - started
-    report("heuristic rules only (no Bayes, no DNS tests)", plain, plain_seconds, out)
+    report("heuristic rules only (no Bayes, no DNS tests)", plain, plain_seconds, out, timings)
     if trainer is not None:
+        timings = []
         started = time.perf_counter()
         for path, is_spam in evaluate:
+            began = time.perf_counter()
             message = parse_file(path)
             stats = trainer.stats(tokenize_hashed(message))
             learned.append((is_spam, score(message, rules, stats)))
+            timings.append(time.perf_counter() - began)
         out.write("\n")
         report("heuristic rules + Bayes (trained on the other half)", learned,
-               time.perf_counter() - started, out)
+               time.perf_counter() - started, out, timings)
     return 0
 
 

@@ -83,6 +83,8 @@ CASES = {
     "FORGED_MUA_OUTLOOK": (variant(add=[("X-Mailer", "Microsoft Outlook Express 6.00.2800")]),
                            None),
     "MIME_NO_VERSION": (variant(remove=["MIME-Version"]), None),
+    "MISSING_SUBJECT": (variant(remove=["Subject"]), None),
+    "CHARSET_FARAWAY": (variant(set_headers=[("Subject", "=?gb2312?B?xOO6ww==?=")]), None),
     "BODY_PUSHY": (variant(body="Act now: limited time offer.\n"), None),
     "BODY_PHARMA": (variant(body="Cheap viagra without prescription.\n"), None),
     "BODY_ADULT": (variant(body="Hot singles in your area, xxx videos.\n"), None),
@@ -203,6 +205,12 @@ class RuleTableTests(unittest.TestCase):
             self.assertEqual(fired, [name])
         facts = Facts(message)
         self.assertFalse(any(ALL_RULES[n].test(facts) for n, *_ in BAYES_BUCKETS))
+
+    def test_encoded_word_inside_an_address(self):
+        """An RFC 2047 word inside the address itself is malformed (RFC 2047 §5)."""
+        raw = variant(set_headers=[("From", "=?iso-2022-jp?B?am9rbw==?=@example.org")])
+        self.assertIn("ENCODED_WORD_MALFORMED",
+                      [h.name for h in score(parse_bytes(raw), RuleSet()).hits])
 
     def test_received_uses_our_hop(self):
         """The Received rules judge the hop that handed the message to the

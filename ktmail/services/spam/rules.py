@@ -147,6 +147,30 @@ def _freemail_money(f):
 _SUBJ_LETTERS = re.compile(r"[^\W\d_]", re.U)
 
 
+@rule("MISSING_SUBJECT", 0.5, "Missing or empty Subject:")
+def _missing_subject(f):
+    return not f.subject.strip()
+
+
+#: charsets of scripts that this service's customers (Finnish/Swedish/English)
+#: rarely read; a customer who does teaches the Bayes filter otherwise
+FARAWAY_CHARSETS = re.compile(
+    r"^(?:gb2312|gbk|gb18030|big5|big5-hkscs|hz-gb-2312|euc-cn|euc-tw|x-euc-tw|euc-jp|"
+    r"shift_jis|sjis|x-sjis|iso-2022-jp|euc-kr|ks_c_5601-1987|iso-2022-kr|tis-620|"
+    r"windows-874|windows-1258|viscii|ks_c_5601)$", re.I)
+
+
+@rule("CHARSET_FARAWAY", 1.0, "Written in a charset of a script our customers rarely read")
+def _charset_faraway(f):
+    if any(FARAWAY_CHARSETS.match(charset or "") for _, charset, _ in f.message.parts):
+        return True
+    for name in ("subject", "from"):
+        if any(FARAWAY_CHARSETS.match(c) for c, _ in decode_header_value(
+                f.message.get(name))[1]):
+            return True
+    return False
+
+
 @rule("SUBJ_ALL_CAPS", 1.0, "Subject: is written in capitals")
 def _subj_all_caps(f):
     letters = _SUBJ_LETTERS.findall(f.subject)
@@ -261,6 +285,8 @@ def _encoded_malformed(f):
         text, words = _encoded_words(f, name)
         if words and ("\ufffd" in text or "=?" in text):
             return True
+        if re.search(r"\?=\s*@", raw):
+            return True  # an encoded word inside an address (RFC 2047 §5)
         for charset, _ in words:
             try:
                 "".encode(charset.split("*")[0])
