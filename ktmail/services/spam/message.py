@@ -32,6 +32,8 @@ TOTAL_LIMIT = 2 * 1024 * 1024
 LATE_PART_LIMIT = 4 * 1024
 #: characters of decoded text (plain or HTML) that rules look at per part
 TEXT_LIMIT = 200_000
+#: characters of each HTML part that are parsed as HTML
+HTML_LIMIT = 100_000
 _CHUNK = 1 << 20
 _MAX_BOUNDARY_LINE = 1000
 
@@ -386,7 +388,8 @@ class ParsedMessage:
         return found
 
 
-def _walk(part, message, depth=0):
+def _walk(part, message, seen, depth=0):
+    """Visit every part; ``seen`` maps id(part) -> decoded text or HtmlSummary."""
     if depth > 20:
         return
     ctype = part.get_content_type()
@@ -402,14 +405,14 @@ def _walk(part, message, depth=0):
                                     "MultipartInvariantViolationDefect") for d in defects):
             message.broken_multipart = True
         for sub in payload if isinstance(payload, list) else []:
-            _walk(sub, message, depth + 1)
+            _walk(sub, message, seen, depth + 1)
         if ctype == "multipart/alternative":
-            _compare_alternatives(payload if isinstance(payload, list) else [], message)
+            _compare_alternatives(payload if isinstance(payload, list) else [], message, seen)
         return
     if ctype == "message/rfc822":
         payload = part.get_payload()
         for sub in payload if isinstance(payload, list) else []:
-            _walk(sub, message, depth + 1)
+            _walk(sub, message, seen, depth + 1)
         return
     filename = ""
     try:
@@ -432,9 +435,12 @@ def _walk(part, message, depth=0):
                     "", "us-ascii", "ascii"):
                 message.ascii_base64_text = True
             message.text = (message.text + "\n" + text) if message.text else text
+            seen[id(part)] = text
         else:
             message.html_sources.append(text)
-            message.html.append(scan_html(text))
+            summary = scan_html(text[:HTML_LIMIT])
+            message.html.append(summary)
+            seen[id(part)] = summary
         return
     message.attachments.append(Attachment(content_type=ctype, filename=filename,
                                           head=_decoded_head(part, cte)))
@@ -459,21 +465,14 @@ def _decoded_head(part, cte):
 _WORD = re.compile(r"[^\W\d_]{3,}", re.U)
 
 
-def _compare_alternatives(parts, message):
+def _compare_alternatives(parts, message, seen):
     plain = html_text = None
     for sub in parts:
-        if sub.is_multipart():
-            continue
-        ctype = sub.get_content_type()
-        try:
-            data = sub.get_payload(decode=True) or b""
-        except Exception:  # noqa: BLE001
-            continue
-        text = decode_bytes(data[:TEXT_LIMIT], sub.get_content_charset())
-        if ctype == "text/plain" and plain is None:
-            plain = text
-        elif ctype == "text/html" and html_text is None:
-            html_text = scan_html(text).visible_text
+        found = seen.get(id(sub))
+        if isinstance(found, str) and plain is None:
+            plain = found
+        elif isinstance(found, HtmlSummary) and html_text is None:
+            html_text = found.visible_text
     if plain is None or html_text is None:
         return
     plain_words = {w.lower() for w in _WORD.findall(plain)}
@@ -520,7 +519,7 @@ def parse_bytes(data, size=None, truncated=False):
                             truncated=truncated, content_type=msg.get_content_type(),
                             unixfrom=msg.get_unixfrom() or "")
     try:
-        _walk(msg, message)
+        _walk(msg, message, {})
     except Exception:  # noqa: BLE001 - a pathological structure still gets header rules
         message.broken_multipart = True
     return message

@@ -44,8 +44,83 @@ def rule(name, score, description):
     return register
 
 
+class Phrases:
+    """A list of phrase patterns matched against lower-case text. Each
+    pattern is tried only when its longest mandatory word occurs in the
+    text (a fast substring test), which keeps hundreds of phrases cheap."""
+
+    def __init__(self, patterns, word_start=True):
+        """``patterns``: regex sources (each starting at a word), or
+        (keyword, source) pairs with the keyword given."""
+        prefix = r"\b" if word_start else ""
+        self.entries = []
+        for item in patterns:
+            if isinstance(item, tuple):
+                keyword, source = item
+                self.entries.append((keyword, re.compile(f"{prefix}(?:{source})", re.I)))
+                continue
+            for source in _expand_leading_group(item):
+                self.entries.append((_keyword(source),
+                                     re.compile(f"{prefix}(?:{source})", re.I)))
+
+    #: how far a match may start before / end after its keyword
+    _BEFORE, _AFTER = 80, 160
+    #: keyword occurrences looked at per pattern (bounds the cost on huge texts)
+    _MAX_HITS = 100
+
+    def finditer(self, text):
+        for keyword, pattern in self.entries:
+            if not keyword:
+                yield from pattern.finditer(text)
+                continue
+            at = text.find(keyword)
+            seen = 0
+            while at >= 0 and seen < self._MAX_HITS:
+                seen += 1
+                yield from pattern.finditer(text, max(0, at - self._BEFORE),
+                                            at + len(keyword) + self._AFTER)
+                at = text.find(keyword, at + self._AFTER)
+
+    def search(self, text):
+        return next(self.finditer(text), None)
+
+
+def _expand_leading_group(pattern):
+    """'(?:buy|call) now' -> ['buy now', 'call now'] so that each has a keyword
+    (only a leading, mandatory, un-nested group is expanded)."""
+    if not pattern.startswith("(?:"):
+        return [pattern]
+    depth, end = 0, -1
+    for i, c in enumerate(pattern):
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                end = i
+                break
+    inner, rest = pattern[3:end], pattern[end + 1:]
+    if end < 0 or "(" in inner or rest[:1] in ("?", "*", "{") or "|" not in inner:
+        return [pattern]
+    return [alternative + rest for alternative in inner.split("|")]
+
+
+def _keyword(pattern):
+    """The longest word that every match of ``pattern`` contains ('' if none)."""
+    text = pattern
+    previous = None
+    while previous != text:  # drop groups (possibly optional or alternatives), innermost first
+        previous = text
+        text = re.sub(r"\((?:\?:)?[^()]*\)[?*+]?(?:\{[^}]*\})?", " ", text)
+    text = re.sub(r"\[[^\]]*\][?*+]?(?:\{[^}]*\})?|\\.|.[?*]", " ", text)
+    if "|" in text:
+        return ""  # alternatives at the top level: no word is common to all
+    words = [w for w in re.findall(r"[^\W\d_]+", text) if len(w) >= 3]
+    return max(words, key=len).lower() if words else ""
+
+
 def _phrases(*patterns):
-    return re.compile(r"\b(?:" + "|".join(f"(?:{p})" for p in patterns) + ")", re.I)
+    return Phrases(patterns)
 
 
 # --- GTUBE ---------------------------------------------------------------------------
@@ -343,10 +418,17 @@ def _first_external(f):
 # --- body -----------------------------------------------------------------------------
 
 
-_LARGE_MONEY = re.compile(
-    r"(?:[$€£]|usd|eur|gbp)\s?\d{1,3}(?:[,. ]\d{3}){2,}|\d+(?:[.,]\d+)?\s*"
-    r"(?:million|billion|miljoonaa|miljoner)\s*(?:us\s*)?(?:dollars|usd|euros?|eur|pounds|\$|€)?"
-    r"|\(?(?:us)?\$\s?\d+(?:[.,]\d+)?\s?m(?:illion)?\b", re.I)
+_LARGE_MONEY = Phrases([
+    ("$", r"\(?(?:us)?\$\s?\d{1,3}(?:[,. ]\d{3}){2,}|\(?(?:us)?\$\s?\d+(?:[.,]\d+)?\s?m(?:illion)?\b"),
+    ("€", r"€\s?\d{1,3}(?:[,. ]\d{3}){2,}"),
+    ("£", r"£\s?\d{1,3}(?:[,. ]\d{3}){2,}"),
+    ("usd", r"usd\s?\d{1,3}(?:[,. ]\d{3}){2,}"),
+    ("eur", r"eur\s?\d{1,3}(?:[,. ]\d{3}){2,}"),
+    ("illion", r"\d+(?:[.,]\d+)?\s*(?:million|billion)\s*(?:us\s*)?(?:dollars|usd|euros?|eur"
+               r"|pounds|\$|€)?"),
+    ("miljoon", r"\d+(?:[.,]\d+)?\s*miljoonaa"),
+    ("miljoner", r"\d+(?:[.,]\d+)?\s*miljoner"),
+], word_start=False)
 
 
 @rule("BODY_LARGE_MONEY", 1.0, "Talks of millions of dollars or euros")
@@ -428,11 +510,11 @@ def _pushy(f):
     return len(f.phrases(_PUSH)) >= 2
 
 
-_PHARMA = re.compile(
-    r"\b(?:viagra|cialis|levitra|kamagra|tramadol|xanax|valium|vicodin|oxycontin|phentermine"
+_PHARMA = _phrases(
+    r"(?:viagra|cialis|levitra|kamagra|tramadol|xanax|valium|vicodin|oxycontin|phentermine"
     r"|penis|erection|erectile|prescription drugs?|online pharmacy|weight loss pills?"
-    r"|lose (?:\d+(?:\.\d+)?\s?)?(?:pounds|lbs|kg|weight)|hgh|human growth hormone|herbal (?:viagra|supplement))\b",
-    re.I)
+    r"|lose (?:\d+(?:\.\d+)?\s?)?(?:pounds|lbs|kg|weight)|hgh|human growth hormone"
+    r"|herbal (?:viagra|supplement))\b")
 
 
 @rule("BODY_PHARMA", 1.5, "Pharmacy, potency or weight-loss offers")
@@ -440,10 +522,10 @@ def _pharma(f):
     return bool(f.phrases(_PHARMA))
 
 
-_ADULT = re.compile(
-    r"\b(?:xxx|porn\w*|hardcore|horny|sex(?:y)? (?:girls|teens|videos?)|adult (?:site|content|"
-    r"movies?|videos?)|nude|naked (?:girls|women)|webcam girls?|lonely (?:wives|women)|hot singles)\b",
-    re.I)
+_ADULT = _phrases(
+    r"(?:xxx|porn\w*|hardcore|horny|sex(?:y)? (?:girls|teens|videos?)|adult (?:site|content|"
+    r"movies?|videos?)|nude|naked (?:girls|women)|webcam girls?|lonely (?:wives|women)"
+    r"|hot singles)\b")
 
 
 @rule("BODY_ADULT", 1.5, "Sexual or adult-site advertising")
