@@ -212,12 +212,13 @@ class Facts:
 
     @functools.cached_property
     def letters(self):
-        return len(_LETTER.findall(self.text))
+        """Letters in (the first 20,000 characters of) the text."""
+        return len(_LETTER.findall(self.text[:20_000]))
 
     @functools.cached_property
     def upper_ratio(self):
         letters = self.letters
-        return len(_UPPER.findall(self.text)) / letters if letters else 0.0
+        return len(_UPPER.findall(self.text[:20_000])) / letters if letters else 0.0
 
     # --- URLs --------------------------------------------------------------------------
 

@@ -511,8 +511,24 @@ def _header_text(value):
         return raw.decode("latin-1")
 
 
+_MIME_FIELD = re.compile(rb"(?im)^content-(?:type|disposition)[ \t]*:(?:[^\n]*\n[ \t])*[^\n]*")
+#: longest Content-Type/-Disposition field kept (the email package parses their
+#: parameters in quadratic time; real ones are a few hundred bytes)
+MAX_MIME_FIELD = 2048
+
+
+def _cap_mime_fields(data):
+    def cap(m):
+        field = m.group(0)
+        if len(field) <= MAX_MIME_FIELD:
+            return field
+        return field[:MAX_MIME_FIELD].rpartition(b";")[0] or field[:MAX_MIME_FIELD]
+    return _MIME_FIELD.sub(cap, data)
+
+
 def parse_bytes(data, size=None, truncated=False):
     """Parse (already bounded) message bytes into a ParsedMessage."""
+    data = _cap_mime_fields(data)
     msg = email.message_from_bytes(data, policy=email.policy.compat32)
     headers = [(name.lower(), _header_text(value)) for name, value in msg.items()]
     message = ParsedMessage(headers=headers, size=len(data) if size is None else size,
