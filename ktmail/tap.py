@@ -25,7 +25,12 @@ from ktmail.services.retention import IFolderExpiry, SpamExpiryJob
 from ktmail.services.spam import SpamFilter, check_rule_names
 from ktmail.services.spam.auth import TwistedNamesResolver
 from ktmail.store.maildir import MaildirStore
-from ktmail.store.sqlite import Database, SQLiteSpamStatsStore, SQLiteStore, ThreadRunner
+from ktmail.store.sqlite import (
+    Database,
+    SQLiteSpamStatsStore,
+    SQLiteStore,
+    ThreadRunner,
+)
 from ktmail.web.app import WebRoot
 
 
@@ -127,7 +132,6 @@ def listen(parent, reactor, config, name, factory, tls_context=None):
 
 def makeService(options):
     from twisted.internet import reactor
-
     from twisted.names import client as dns_client
 
     config = options["loaded"]

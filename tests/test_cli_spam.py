@@ -40,7 +40,7 @@ class SpamCommandTests(unittest.TestCase):
 
     def admin(self, config, *args, stdin=b""):
         return subprocess.run([sys.executable, "-m", "ktmail.cli", "--config", config, *args],
-                              input=stdin, capture_output=True, timeout=60)
+                              input=stdin, capture_output=True, timeout=60, check=False)
 
     def test_gtube_scores_as_spam(self):
         """GTUBE on stdin: first line 'spam SCORE', then the rule that fired."""
@@ -83,7 +83,7 @@ class SpamCommandTests(unittest.TestCase):
         config = self.write_config("[spam_scores]\nNO_SUCH_RULE = 2\n")
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         result = subprocess.run([twistd, "-n", "--pidfile=", "ktmail", "--config", config],
-                                capture_output=True, timeout=60,
+                                capture_output=True, timeout=60, check=False,
                                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(
                                     __file__))))
         self.assertNotEqual(result.returncode, 0)

@@ -7,8 +7,14 @@ from zope.interface.verify import verifyObject
 
 from ktmail.config import Limits
 from ktmail.model import SPAM_FOLDER, Address
-from ktmail.services.retention import (DAY, IFolderExpiry, SpamExpiryJob, days_until_expiry,
-                                       run_all, spam_to_expire)
+from ktmail.services.retention import (
+    DAY,
+    IFolderExpiry,
+    SpamExpiryJob,
+    days_until_expiry,
+    run_all,
+    spam_to_expire,
+)
 from ktmail.store.memory import MemoryStore
 
 

@@ -10,8 +10,13 @@ from twisted.names import dns, error
 from twisted.trial import unittest
 
 from ktmail.services.spam import parse_bytes
-from ktmail.services.spam.auth import (DNSTempError, TwistedNamesResolver, check_dkim,
-                                       check_dmarc, check_spf)
+from ktmail.services.spam.auth import (
+    DNSTempError,
+    TwistedNamesResolver,
+    check_dkim,
+    check_dmarc,
+    check_spf,
+)
 from tests.services.spam_samples import variant
 
 
@@ -107,8 +112,8 @@ class SPFTests(unittest.TestCase):
 
     def test_void_lookup_limit(self):
         """More than two lookups that find nothing is a permerror."""
-        records = {("txt", "example.org"): ["v=spf1 a:x1.example.org a:x2.example.org "
-                                            "a:x3.example.org -all"]}
+        records = {("txt", "example.org"): [("v=spf1 a:x1.example.org a:x2.example.org "
+                                             "a:x3.example.org -all")]}
         self.assertEqual(self.spf(records), "permerror")
 
     def test_include_loop_is_bounded(self):

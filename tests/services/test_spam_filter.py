@@ -13,8 +13,15 @@ from ktmail.config import SpamConfig
 from ktmail.errors import ValidationError
 from ktmail.model import Address, Mailbox
 from ktmail.services.spam import SpamFilter, parse_file
-from ktmail.services.spam.bayes import (MIN_HAM, MIN_SPAM, BayesStats, spam_probability,
-                                        token_hash, tokenize, tokenize_hashed)
+from ktmail.services.spam.bayes import (
+    MIN_HAM,
+    MIN_SPAM,
+    BayesStats,
+    spam_probability,
+    token_hash,
+    tokenize,
+    tokenize_hashed,
+)
 from ktmail.services.spam.message import PART_LIMIT, parse_bytes, read_bounded
 from ktmail.services.spam.rules import GTUBE
 from ktmail.store.memory import MemorySpamStatsStore
@@ -43,10 +50,14 @@ def mailbox(id_=7):
                    address=Address("matti", "sboksi.fi"), quota_bytes=10**9, created=0.0)
 
 
-SPAM_WORDS = ("cheap pills pharmacy discount order online offer prices bonus casino jackpot "
-              "deal guaranteed unbeatable replica watches luxury shipping worldwide").split()
-HAM_WORDS = ("meeting agenda budget project schedule thursday report review colleague "
-             "deadline minutes draft proposal lunch office team quarterly").split()
+SPAM_WORDS = str.split("""
+cheap pills pharmacy discount order online offer prices bonus casino jackpot deal
+guaranteed unbeatable replica watches luxury shipping worldwide
+""")
+HAM_WORDS = str.split("""
+meeting agenda budget project schedule thursday report review colleague deadline
+minutes draft proposal lunch office team quarterly
+""")
 
 
 def sample(words, rng, n=25):
@@ -61,8 +72,8 @@ class FilterTestCase(unittest.TestCase):
         os.makedirs(self.dir)
         self.count = 0
 
-    def make_filter(self, config=SpamConfig(), resolver=None, store=None):
-        return SpamFilter(config, store or self.store, sync_thread, self.clock,
+    def make_filter(self, config=None, resolver=None, store=None):
+        return SpamFilter(config or SpamConfig(), store or self.store, sync_thread, self.clock,
                           resolver=resolver, hostname="mx.ktnet.fi")
 
     def write(self, raw):

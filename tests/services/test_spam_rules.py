@@ -11,8 +11,14 @@ from ktmail.services.spam.auth import AuthResults
 from ktmail.services.spam.facts import Facts
 from ktmail.services.spam.rules import GTUBE
 from ktmail.services.spam.scoring import BAYES_BUCKETS
-from tests.services.spam_samples import (CLEAN_BODY, RECEIVED, html_message, newsletter,
-                                         variant, with_attachment)
+from tests.services.spam_samples import (
+    CLEAN_BODY,
+    RECEIVED,
+    html_message,
+    newsletter,
+    variant,
+    with_attachment,
+)
 
 
 def b64_word(text):

@@ -152,7 +152,7 @@ class _SPFError(Exception):
 
 
 _QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
-_MACRO = re.compile(r"%\{([slodiphcrtv])(\d*)(r?)([.\-+,/_=]*)\}|%%|%_|%-", re.I)
+_MACRO = re.compile(r"%\{([slodiphcrtv])(\d*)(r?)([.\-+,/_=]*)\}|%%|%_|%-", re.IGNORECASE)
 
 
 class SPFCheck:
@@ -333,10 +333,10 @@ class SPFCheck:
             names = await self._query("ptr", str(self.ip))
             for name in names[:10]:
                 name = name.rstrip(".").lower()
-                if name == target.lower() or name.endswith("." + target.lower()):
-                    if str(self.ip) in [str(ipaddress.ip_address(a))
-                                        for a in await self._addresses(name)]:
-                        return True
+                validated = name == target.lower() or name.endswith("." + target.lower())
+                if validated and str(self.ip) in [str(ipaddress.ip_address(a))
+                                                  for a in await self._addresses(name)]:
+                    return True
             return False
         if mechanism == "exists":
             self._count()

@@ -15,7 +15,13 @@ import attrs
 
 from ktmail.services.spam.message import url_host
 
-FREEMAIL_DOMAINS = frozenset("""
+
+def _names(text):
+    """A whitespace-separated list of names, written as a block of text."""
+    return text.split()
+
+
+FREEMAIL_DOMAINS = frozenset(_names("""
 gmail.com googlemail.com yahoo.com yahoo.co.uk yahoo.fr yahoo.de yahoo.se ymail.com
 rocketmail.com hotmail.com hotmail.co.uk hotmail.fr hotmail.de hotmail.se hotmail.fi
 outlook.com outlook.fr outlook.de live.com live.fi live.se msn.com aol.com aim.com
@@ -24,11 +30,12 @@ yandex.ru yandex.com protonmail.com proton.me pm.me icloud.com me.com mac.com
 zoho.com qq.com 163.com 126.com sina.com rediffmail.com tutanota.com tuta.io
 libero.it virgilio.it laposte.net orange.fr wanadoo.fr t-online.de seznam.cz wp.pl
 o2.pl interia.pl suomi24.fi luukku.com excite.com lycos.com usa.com gmx.at
-""".split())
+"""))
 
 #: second-level labels under which ccTLD registrations sit (co.uk, com.au ...)
-_GENERIC_SECOND_LEVEL = frozenset(
-    "co com net org gov edu ac ne or go mil gob nic ltd plc sch biz info".split())
+_GENERIC_SECOND_LEVEL = frozenset(_names("""
+co com net org gov edu ac ne or go mil gob nic ltd plc sch biz info
+"""))
 
 
 def organizational_domain(host):
@@ -66,7 +73,7 @@ class Hop:
 
 _RCVD_FROM = re.compile(
     r"""^\s*from\s+(?P<helo>\S+)                       # HELO/EHLO name
-        (?:\s+\((?P<paren>[^)]*)\))?""", re.I | re.X)
+        (?:\s+\((?P<paren>[^)]*)\))?""", re.IGNORECASE | re.VERBOSE)
 _IPV4 = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")
 _IPV6 = re.compile(r"\[(?:IPv6:)?([0-9a-fA-F:]+:[0-9a-fA-F:.]+)\]")
 
@@ -113,7 +120,7 @@ def is_public_ip(text):
     return ip.is_global
 
 
-_LETTER = re.compile(r"[^\W\d_]", re.U)
+_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
 _UPPER = re.compile(r"[A-ZÀ-ÖØ-Þ]")
 
 

@@ -18,8 +18,13 @@ from twisted.logger import Logger
 
 from ktmail.services import deferred
 from ktmail.services.spam import auth as spam_auth
-from ktmail.services.spam.bayes import (GLOBAL_SCOPE, BayesStats, choose_stats, message_key,
-                                        tokenize_hashed)
+from ktmail.services.spam.bayes import (
+    GLOBAL_SCOPE,
+    BayesStats,
+    choose_stats,
+    message_key,
+    tokenize_hashed,
+)
 from ktmail.services.spam.facts import domain_of
 from ktmail.services.spam.message import TOTAL_LIMIT, parse_bytes, read_bounded
 from ktmail.services.spam.scoring import RuleSet, score

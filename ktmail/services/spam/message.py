@@ -14,6 +14,7 @@ look at (``ParsedMessage``). Invariants:
 """
 
 import binascii
+import contextlib
 import email
 import email.header
 import email.policy
@@ -178,7 +179,7 @@ class HtmlSummary:
 _HIDDEN_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01](?:\.\d+)?\s*(?:px|pt)?\s*(?:;|$)"
     r"|(?<![-\w])color\s*:\s*(?:#f{3}\b|#f{6}\b|white\b)|opacity\s*:\s*0(?:\.0+)?\s*(?:;|$)",
-    re.I)
+    re.IGNORECASE)
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
          "param", "source", "track", "wbr"}
 
@@ -260,10 +261,8 @@ class _HtmlScanner(HTMLParser):
             self._link[1].append(data)
 
     def finish(self):
-        try:
+        with contextlib.suppress(Exception):  # broken HTML is still scored
             self.close()
-        except Exception:  # noqa: BLE001 - broken HTML is still scored
-            pass
         self.summary.visible_text = " ".join("".join(self._visible).split())
         self.summary.hidden_text = " ".join("".join(self._hidden).split())
         return self.summary
@@ -275,10 +274,8 @@ _SPLIT_COMMENT = re.compile(r"[A-Za-z]<!--[^>]{0,80}-->[A-Za-z]")
 def scan_html(source):
     """Summarize an HTML document (bounded by the caller)."""
     scanner = _HtmlScanner()
-    try:
+    with contextlib.suppress(Exception):  # broken HTML is still scored
         scanner.feed(source)
-    except Exception:  # noqa: BLE001 - broken HTML is still scored
-        pass
     summary = scanner.finish()
     summary.length = len(source)
     summary.word_splitting_comments = len(_SPLIT_COMMENT.findall(source))
@@ -462,7 +459,7 @@ def _decoded_head(part, cte):
     return payload[:256].encode("latin-1", errors="replace")
 
 
-_WORD = re.compile(r"[^\W\d_]{3,}", re.U)
+_WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
 
 
 def _compare_alternatives(parts, message, seen):

@@ -13,12 +13,18 @@ depends on the date of the message or on the list headers of a particular
 corpus.
 """
 
+import itertools
 import re
 
 import attrs
 
-from ktmail.services.spam.facts import (FREEMAIL_DOMAINS, is_ip_literal, is_public_ip,
-                                        organizational_domain)
+from ktmail.services.spam.facts import (
+    FREEMAIL_DOMAINS,
+    _names,
+    is_ip_literal,
+    is_public_ip,
+    organizational_domain,
+)
 from ktmail.services.spam.message import decode_header_value, url_host
 
 #: the GTUBE test string (SpamAssassin's Generic Test for Unsolicited Bulk Email)
@@ -57,11 +63,11 @@ class Phrases:
         for item in patterns:
             if isinstance(item, tuple):
                 keyword, source = item
-                self.entries.append((keyword, re.compile(f"{prefix}(?:{source})", re.I)))
+                self.entries.append((keyword, re.compile(f"{prefix}(?:{source})", re.IGNORECASE)))
                 continue
             for source in _expand_leading_group(item):
                 self.entries.append((_keyword(source),
-                                     re.compile(f"{prefix}(?:{source})", re.I)))
+                                     re.compile(f"{prefix}(?:{source})", re.IGNORECASE)))
 
     #: how far a match may start before / end after its keyword
     _BEFORE, _AFTER = 80, 160
@@ -197,7 +203,7 @@ _BRANDS = ("paypal", "apple", "microsoft", "office365", "outlook", "netflix", "a
            "google", "facebook", "instagram", "whatsapp", "linkedin", "docusign",
            "dropbox", "wetransfer", "coinbase", "binance", "spotify", "elisa", "telia",
            "dna", "postnord", "bank of america", "wells fargo", "chase")
-_BRAND_WORD = re.compile(r"\b(?:" + "|".join(re.escape(b) for b in _BRANDS) + r")\b", re.I)
+_BRAND_WORD = re.compile(r"\b(?:" + "|".join(re.escape(b) for b in _BRANDS) + r")\b", re.IGNORECASE)
 
 
 @rule("FROM_BRAND_FREEMAIL", 2.0,
@@ -219,7 +225,7 @@ def _freemail_money(f):
 
 
 # subject tricks
-_SUBJ_LETTERS = re.compile(r"[^\W\d_]", re.U)
+_SUBJ_LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
 
 
 @rule("MISSING_SUBJECT", 0.5, "Missing or empty Subject:")
@@ -232,7 +238,7 @@ def _missing_subject(f):
 FARAWAY_CHARSETS = re.compile(
     r"^(?:gb2312|gbk|gb18030|big5|big5-hkscs|hz-gb-2312|euc-cn|euc-tw|x-euc-tw|euc-jp|"
     r"shift_jis|sjis|x-sjis|iso-2022-jp|euc-kr|ks_c_5601-1987|iso-2022-kr|tis-620|"
-    r"windows-874|windows-1258|viscii|ks_c_5601)$", re.I)
+    r"windows-874|windows-1258|viscii|ks_c_5601)$", re.IGNORECASE)
 
 
 @rule("CHARSET_FARAWAY", 1.0, "Written in a charset of a script our customers rarely read")
@@ -260,14 +266,14 @@ def _subj_punct(f):
 
 @rule("SUBJ_FAKE_REPLY", 0.8, "Subject: starts with Re: but the message answers nothing")
 def _subj_fake_reply(f):
-    return (bool(re.match(r"\s*(?:re|aw|sv|vs)\s*:", f.subject, re.I))
+    return (bool(re.match(r"\s*(?:re|aw|sv|vs)\s*:", f.subject, re.IGNORECASE))
             and not f.message.has("in-reply-to") and not f.message.has("references"))
 
 
 @rule("SUBJ_TRACKING_ID", 0.7, "Subject: ends in a long gap followed by a tracking number")
 def _subj_tracking(f):
     raw = " ".join(f.message.get_all("subject")[:1])
-    return bool(re.search(r"\S\s{4,}[\[(#]?[a-z0-9-]{3,}[\])]?\s*$", raw, re.I))
+    return bool(re.search(r"\S\s{4,}[\[(#]?[a-z0-9-]{3,}[\])]?\s*$", raw, re.IGNORECASE))
 
 
 _RANDOM_TOKEN = re.compile(r"(?=[A-Za-z0-9-]*[a-z])(?=[A-Za-z0-9-]*[A-Z])(?=[A-Za-z0-9-]*\d)"
@@ -297,9 +303,9 @@ def _forged_outlook(f):
     if "outlook express" not in mailer or "macintosh" in mailer:
         return False
     mid = f.message.get("message-id") or ""
-    if re.search(r"@(?:hotmail|msn)\.com>", mid, re.I):
+    if re.search(r"@(?:hotmail|msn)\.com>", mid, re.IGNORECASE):
         return False  # sent through Hotmail's HTTPMail, which assigns its own
-    return not re.match(r"\s*<[0-9a-f]{6,}\$[0-9a-f]+\$[0-9a-f]+@", mid, re.I)
+    return not re.match(r"\s*<[0-9a-f]{6,}\$[0-9a-f]+\$[0-9a-f]+@", mid, re.IGNORECASE)
 
 
 @rule("MIME_NO_VERSION", 0.5, "MIME headers without MIME-Version: (broken bulk mailer)")
@@ -310,7 +316,7 @@ def _mime_no_version(f):
 
 _CYRILLIC_GREEK = re.compile(r"[\u0370-\u03ff\u0400-\u04ff]")
 _LATIN = re.compile(r"[A-Za-z]")
-_WORDS = re.compile(r"[^\W\d_]+", re.U)
+_WORDS = re.compile(r"[^\W\d_]+", re.UNICODE)
 
 
 def _mixed_script_words(text):
@@ -346,7 +352,7 @@ def _subj_needless(f):
 
 @rule("FROM_NEEDLESS_ENCODING", 1.0, "From: name is RFC 2047-encoded although it is plain ASCII")
 def _from_needless(f):
-    text, words = _encoded_words(f, "from")
+    _, words = _encoded_words(f, "from")
     display = f.from_display
     return bool(words) and display.isascii() and len(display) >= 4
 
@@ -377,12 +383,12 @@ def _encoded_malformed(f):
 def _rcvd_order(f):
     dates = [h.date for h in f.hops if h.date is not None]
     # headers are newest first: a lower header dated a day after the one above it
-    return any(lower - upper > 24 * 3600 for upper, lower in zip(dates, dates[1:]))
+    return any(lower - upper > 24 * 3600 for upper, lower in itertools.pairwise(dates))
 
 
 _DYNAMIC_RDNS = re.compile(
     r"(?:^|[.-])(?:dyn(?:amic)?|dhcp|dsl|adsl|ppp|pool|dial(?:up)?|cable|client|cust(?:omer)?"
-    r"|broadband|static-ip|host|ip)[.-]?\d|\d{1,3}[.-]\d{1,3}[.-]\d{1,3}[.-]\d{1,3}", re.I)
+    r"|broadband|static-ip|host|ip)[.-]?\d|\d{1,3}[.-]\d{1,3}[.-]\d{1,3}[.-]\d{1,3}", re.IGNORECASE)
 
 
 @rule("RCVD_DYNAMIC_HOST", 1.0, "Sent straight from a residential/dynamic address")
@@ -424,8 +430,8 @@ _LARGE_MONEY = Phrases([
     ("£", r"£\s?\d{1,3}(?:[,. ]\d{3}){2,}"),
     ("usd", r"usd\s?\d{1,3}(?:[,. ]\d{3}){2,}"),
     ("eur", r"eur\s?\d{1,3}(?:[,. ]\d{3}){2,}"),
-    ("illion", r"\d+(?:[.,]\d+)?\s*(?:million|billion)\s*(?:us\s*)?(?:dollars|usd|euros?|eur"
-               r"|pounds|\$|€)?"),
+    ("illion", (r"\d+(?:[.,]\d+)?\s*(?:million|billion)\s*(?:us\s*)?(?:dollars|usd|euros?"
+                r"|eur|pounds|\$|€)?")),
     ("miljoon", r"\d+(?:[.,]\d+)?\s*miljoonaa"),
     ("miljoner", r"\d+(?:[.,]\d+)?\s*miljoner"),
 ], word_start=False)
@@ -572,7 +578,7 @@ def _phishing_link(f):
 _GREETING = re.compile(r"^\W*(?:dear|hello|hi|greetings)\s+(?:valued\s+)?(?:customer|user|client"
                        r"|member|account holder|friend|sir|madam|sir/madam|beneficiary|"
                        r"e-?mail user|webmail user)\b|^\W*(?:hyvä|arvoisa)\s+(?:asiakas|käyttäjä)",
-                       re.I | re.M)
+                       re.IGNORECASE | re.MULTILINE)
 
 
 @rule("BODY_IMPERSONAL_GREETING", 0.5, "Addresses the reader as 'dear customer/user/friend'")
@@ -602,7 +608,7 @@ def _obfuscated_pattern(word):
 
 
 _OBFUSCATED = re.compile(r"(?<![^\W_])(?:" + "|".join(_obfuscated_pattern(w) for w in _SPAM_WORDS)
-                         + r")(?![^\W_])", re.I)
+                         + r")(?![^\W_])", re.IGNORECASE)
 
 
 @rule("BODY_OBFUSCATED_WORDS", 2.0, "Spam words disguised with digits or separators (v1agra, f.r.e.e)")
@@ -612,7 +618,7 @@ def _obfuscated(f):
         found = m.group(0)
         if found.isalpha():
             continue  # the plain word is no disguise
-        if re.fullmatch(r"[a-z]+(?: [a-z]+)+", found, re.I) and len(found) < 8:
+        if re.fullmatch(r"[a-z]+(?: [a-z]+)+", found, re.IGNORECASE) and len(found) < 8:
             continue  # "a loan", ordinary words next to each other
         count += 1
         if count >= 2:
@@ -707,21 +713,23 @@ def _alt_mismatch(f):
 
 # URLs
 
-URL_SHORTENERS = frozenset("""
-bit.ly bitly.com tinyurl.com goo.gl ow.ly is.gd buff.ly rebrand.ly cutt.ly shorturl.at
-tiny.cc rb.gy t.ly s.id v.gd qr.ae adf.ly shorte.st bc.vc soo.gd clck.ru u.to
-""".split())
-ABUSED_TLDS = frozenset("""
-top xyz click icu buzz monster rest cfd sbs quest zip mov country gq tk ml cf ga work
-loan men date racing win bid stream download review kim party science cam surf lol
-""".split())
+URL_SHORTENERS = frozenset(_names("""
+bit.ly bitly.com tinyurl.com goo.gl ow.ly is.gd buff.ly rebrand.ly cutt.ly
+shorturl.at tiny.cc rb.gy t.ly s.id v.gd qr.ae adf.ly shorte.st bc.vc soo.gd clck.ru
+u.to
+"""))
+ABUSED_TLDS = frozenset(_names("""
+top xyz click icu buzz monster rest cfd sbs quest zip mov country gq tk ml cf ga
+work loan men date racing win bid stream download review kim party science cam surf
+lol
+"""))
 
 
 def _is_ip_host(host):
     return is_ip_literal(host)
 
 
-_DECIMAL_HOST = re.compile(r"^(?:0x[0-9a-f]+|\d{8,10}|0\d+(?:\.0\d+){3})$", re.I)
+_DECIMAL_HOST = re.compile(r"^(?:0x[0-9a-f]+|\d{8,10}|0\d+(?:\.0\d+){3})$", re.IGNORECASE)
 
 
 @rule("URI_IP_ADDRESS", 1.5, "Links to a bare IP address")
@@ -794,14 +802,20 @@ def _https_to_http(f):
 
 # --- MIME structure --------------------------------------------------------------------
 
-EXECUTABLE_EXTENSIONS = frozenset("""
-exe scr pif com bat cmd vbs vbe js jse wsf wsh hta msi msp lnk jar ps1 psm1 cpl reg dll
-scf inf iso img vhd vhdx appx appxbundle msix gadget application
-""".split())
-HTML_EXTENSIONS = frozenset("htm html shtml xhtml svg mht mhtml".split())
-MACRO_EXTENSIONS = frozenset("docm xlsm pptm dotm xltm xlam ppsm".split())
-_DOCUMENT_EXTENSIONS = frozenset("pdf doc docx xls xlsx ppt pptx txt rtf jpg jpeg png gif "
-                                 "bmp tif tiff zip rar 7z odt ods".split())
+EXECUTABLE_EXTENSIONS = frozenset(_names("""
+exe scr pif com bat cmd vbs vbe js jse wsf wsh hta msi msp lnk jar ps1 psm1 cpl reg
+dll scf inf iso img vhd vhdx appx appxbundle msix gadget application
+"""))
+HTML_EXTENSIONS = frozenset(_names("""
+htm html shtml xhtml svg mht mhtml
+"""))
+MACRO_EXTENSIONS = frozenset(_names("""
+docm xlsm pptm dotm xltm xlam ppsm
+"""))
+_DOCUMENT_EXTENSIONS = frozenset(_names("""
+pdf doc docx xls xlsx ppt pptx txt rtf jpg jpeg png gif bmp tif tiff zip rar 7z odt
+ods
+"""))
 
 
 def _extension(filename):
