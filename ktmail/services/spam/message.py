@@ -177,7 +177,8 @@ class HtmlSummary:
 
 
 _HIDDEN_STYLE = re.compile(
-    r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01](?:\.\d+)?\s*(?:px|pt)?\s*(?:;|$)"
+    r"display\s*:\s*none|visibility\s*:\s*hidden"
+    r"|font-size\s*:\s*[01](?:\.\d+)?\s*(?:px|pt)?\s*(?:;|$)"
     r"|(?<![-\w])color\s*:\s*(?:#f{3}\b|#f{6}\b|white\b)|opacity\s*:\s*0(?:\.0+)?\s*(?:;|$)",
     re.IGNORECASE)
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",

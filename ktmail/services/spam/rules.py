@@ -425,7 +425,8 @@ def _first_external(f):
 
 
 _LARGE_MONEY = Phrases([
-    ("$", r"\(?(?:us)?\$\s?\d{1,3}(?:[,. ]\d{3}){2,}|\(?(?:us)?\$\s?\d+(?:[.,]\d+)?\s?m(?:illion)?\b"),
+    ("$", (r"\(?(?:us)?\$\s?\d{1,3}(?:[,. ]\d{3}){2,}"
+           r"|\(?(?:us)?\$\s?\d+(?:[.,]\d+)?\s?m(?:illion)?\b")),
     ("€", r"€\s?\d{1,3}(?:[,. ]\d{3}){2,}"),
     ("£", r"£\s?\d{1,3}(?:[,. ]\d{3}){2,}"),
     ("usd", r"usd\s?\d{1,3}(?:[,. ]\d{3}){2,}"),
@@ -499,7 +500,8 @@ def _many_promises_8(f):
 
 _PUSH = _phrases(
     r"act now", r"order (?:now|today)", r"(?:buy|call|apply|sign up) (?:now|today)",
-    r"limited time(?: offer| only)?", r"(?:offer|this) expires", r"don'?t (?:delete|miss) (?:this|out)",
+    r"limited time(?: offer| only)?", r"(?:offer|this) expires",
+    r"don'?t (?:delete|miss) (?:this|out)",
     r"once in a lifetime", r"while supplies last", r"urgent(?:ly)? (?:reply|response|attention)",
     r"(?:click|tap) (?:here|below|the link)", r"dear (?:friend|sir/madam|beneficiary|winner)",
     r"this is not (?:a )?spam", r"not junk mail", r"you are receiving this (?:e-?mail )?because",
@@ -548,7 +550,8 @@ _PHISH = _phrases(
     r"(?:suspended|locked|disabled|limited|blocked|closed|deactivated|deleted|compromised|expired|"
     r"on hold)",
     r"unusual (?:sign-?in|login|activity)", r"suspicious (?:activity|sign-?in|login)",
-    r"(?:mailbox|storage|e-?mail) (?:is )?(?:full|quota)", r"(?:password|account) (?:will )?expires?",
+    r"(?:mailbox|storage|e-?mail) (?:is )?(?:full|quota)",
+    r"(?:password|account) (?:will )?expires?",
     r"failed (?:delivery|payment) attempt", r"(?:pending|undelivered|held) (?:messages?|parcel|"
     r"package|delivery)", r"(?:customs|delivery|shipping|redelivery) fee",
     r"within (?:24|48|72) hours", r"avoid (?:suspension|deactivation|termination)",
@@ -577,7 +580,8 @@ def _phishing_link(f):
 
 _GREETING = re.compile(r"^\W*(?:dear|hello|hi|greetings)\s+(?:valued\s+)?(?:customer|user|client"
                        r"|member|account holder|friend|sir|madam|sir/madam|beneficiary|"
-                       r"e-?mail user|webmail user)\b|^\W*(?:hyvä|arvoisa)\s+(?:asiakas|käyttäjä)",
+                       r"e-?mail user|webmail user)\b"
+                       r"|^\W*(?:hyvä|arvoisa)\s+(?:asiakas|käyttäjä)",
                        re.IGNORECASE | re.MULTILINE)
 
 
@@ -611,7 +615,8 @@ _OBFUSCATED = re.compile(r"(?<![^\W_])(?:" + "|".join(_obfuscated_pattern(w) for
                          + r")(?![^\W_])", re.IGNORECASE)
 
 
-@rule("BODY_OBFUSCATED_WORDS", 2.0, "Spam words disguised with digits or separators (v1agra, f.r.e.e)")
+@rule("BODY_OBFUSCATED_WORDS", 2.0,
+      "Spam words disguised with digits or separators (v1agra, f.r.e.e)")
 def _obfuscated(f):
     count = 0
     for m in _OBFUSCATED.finditer(f.subject + "\n" + f.text[:20000]):
