@@ -3,7 +3,7 @@
 ``RuleSet`` is the configured set of rules (built-in defaults with the
 ``[spam_scores]`` overrides, and the ``required_score`` threshold). The
 Bayes classifier's opinion enters as one more rule, one of the ``BAYES_xx``
-buckets (SpamAssassin's names; its scores, but stronger at the top, where
+buckets (SpamAssassin's names; its scores below 0.6, stronger above, where
 the classifier trained by this service's own users is near certain). No I/O, no clock.
 """
 
@@ -23,9 +23,9 @@ BAYES_BUCKETS = (
     ("BAYES_40", 0.20, 0.40, 0.0, "Bayes spam probability is 20 to 40%"),
     ("BAYES_50", 0.40, 0.60, 0.8, "Bayes spam probability is 40 to 60%"),
     ("BAYES_60", 0.60, 0.80, 1.5, "Bayes spam probability is 60 to 80%"),
-    ("BAYES_80", 0.80, 0.95, 2.0, "Bayes spam probability is 80 to 95%"),
-    ("BAYES_95", 0.95, 0.99, 3.0, "Bayes spam probability is 95 to 99%"),
-    ("BAYES_99", 0.99, 0.999, 4.0, "Bayes spam probability is 99 to 99.9%"),
+    ("BAYES_80", 0.80, 0.95, 2.5, "Bayes spam probability is 80 to 95%"),
+    ("BAYES_95", 0.95, 0.99, 3.5, "Bayes spam probability is 95 to 99%"),
+    ("BAYES_99", 0.99, 0.999, 4.5, "Bayes spam probability is 99 to 99.9%"),
     # SpamBayes itself calls 0.9 spam; at 0.999 the learned opinion decides alone
     ("BAYES_999", 0.999, 1.01, 5.0, "Bayes spam probability is 99.9 to 100%"),
 )
