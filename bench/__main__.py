@@ -16,7 +16,9 @@ SPAM_CORPUS = os.environ.get(
 
 def main():
     status = 0
-    from bench import spam_eval
+    from bench import spam_big, spam_eval
+    print("== spam filter, one huge message: python -m bench.spam_big 50")
+    status |= spam_big.main(["50"])
     if os.path.isdir(os.path.join(SPAM_CORPUS, "spam")):
         print("== spam filter: python -m bench.spam_eval --train-half", SPAM_CORPUS)
         status |= spam_eval.main([SPAM_CORPUS, "--train-half"])
