@@ -21,9 +21,10 @@ from ktmail.config import ConfigError, load_config
 from ktmail.errors import ValidationError
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
-from ktmail.services.retention import IFolderExpiry, SpamExpiryJob
+from ktmail.services.retention import SpamExpiryJob
 from ktmail.services.spam import SpamFilter, check_rule_names
 from ktmail.services.spam.auth import TwistedNamesResolver
+from ktmail.store import IFolderExpiry
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.sqlite import (
     Database,

@@ -18,7 +18,6 @@ import attrs
 from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.logger import Logger
-from zope.interface import Interface
 
 from ktmail.model import SPAM_FOLDER
 from ktmail.services import deferred
@@ -26,20 +25,6 @@ from ktmail.services import deferred
 log = Logger()
 
 DAY = 86400
-
-
-class IFolderExpiry(Interface):
-    """What the Spam expiry needs from the mail store (implemented by the
-    Maildir store; ``arrived`` is when the message was stored in that
-    folder, by delivery, APPEND, COPY or MOVE)."""
-
-    def messages_before(mailbox_id, folder, before):
-        """-> Deferred[[(uid, arrived)]] of the messages of ``folder`` that
-        arrived there before ``before`` (POSIX seconds)."""
-
-    def expunge(mailbox_id, folder, uids):
-        """Delete those messages (UIDs no longer there are ignored), durably,
-        notifying open sessions. -> Deferred[int] number deleted."""
 
 
 def spam_cutoff(now, retention_days):
@@ -73,7 +58,8 @@ class ExpiryReport:
 
 @attrs.define
 class SpamExpiryJob:
-    """Deletes Spam messages older than ``limits.spam_retention_days``.
+    """Deletes Spam messages older than ``limits.spam_retention_days``
+    through the mail store's ``IFolderExpiry``.
 
     ``accounts``: IAccountStore (list_mailboxes); ``folders``: IFolderExpiry;
     ``clock``: IReactorTime; ``audit``: IAuditLog or None.

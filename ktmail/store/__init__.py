@@ -146,3 +146,17 @@ class ISpamStatsStore(Interface):
 
     def forget_scope(scope):
         """Drop everything learned in ``scope`` (a removed mailbox). Idempotent. -> None."""
+
+
+class IFolderExpiry(Interface):
+    """What the Spam expiry needs from the mail store (implemented by the
+    Maildir store; ``arrived`` is when the message was stored in that
+    folder, by delivery, APPEND, COPY or MOVE)."""
+
+    def messages_before(mailbox_id, folder, before):
+        """-> Deferred[[(uid, arrived)]] of the messages of ``folder`` that
+        arrived there before ``before`` (POSIX seconds)."""
+
+    def expunge(mailbox_id, folder, uids):
+        """Delete those messages (UIDs no longer there are ignored), durably,
+        notifying open sessions. -> Deferred[int] number deleted."""

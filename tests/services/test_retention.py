@@ -9,12 +9,12 @@ from ktmail.config import Limits
 from ktmail.model import SPAM_FOLDER, Address
 from ktmail.services.retention import (
     DAY,
-    IFolderExpiry,
     SpamExpiryJob,
     days_until_expiry,
     run_all,
     spam_to_expire,
 )
+from ktmail.store import IFolderExpiry
 from ktmail.store.memory import MemoryStore
 
 
