@@ -136,7 +136,8 @@ def makeService(options):
     from twisted.names import client as dns_client
 
     config = options["loaded"]
-    resolver = TwistedNamesResolver(dns_client.createResolver(reactor=reactor))
+    # hosts file + cache + the resolvers of /etc/resolv.conf, on the global reactor
+    resolver = TwistedNamesResolver(dns_client.createResolver())
     core = build_core(config, reactor, resolver=resolver)
     top = service.MultiService()
     _DatabaseService(core.db).setServiceParent(top)

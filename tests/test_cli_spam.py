@@ -5,6 +5,7 @@ name stops ``twistd ktmail`` at start-up."""
 import os
 import subprocess
 import sys
+import time
 
 from twisted.trial import unittest
 
@@ -78,13 +79,44 @@ class SpamCommandTests(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn(b"no message on standard input", result.stderr)
 
+    def twistd(self, config):
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        return [twistd, "-n", "--pidfile=", "ktmail", "--config", config], root
+
+    def test_daemon_starts_with_the_filter(self):
+        """twistd ktmail starts with a [spam_scores] override (filter, DNS
+        resolver and database wired) and serves /healthz."""
+        config = self.write_config("[spam_scores]\nMISSING_DATE = 2\n")
+        with open(config) as f:
+            text = f.read().replace("web =\n", "web = tcp:0:interface=127.0.0.1\n")
+        with open(config, "w") as f:
+            f.write(text)
+        args, root = self.twistd(config)
+        log = os.path.join(os.path.dirname(config), "twistd.log")
+        with open(log, "wb") as out:
+            daemon = subprocess.Popen(args, cwd=root, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            started = False
+            while time.monotonic() < deadline and daemon.poll() is None:
+                with open(log, "rb") as f:
+                    if b"starting on" in f.read():
+                        started = True
+                        break
+                time.sleep(0.2)
+            with open(log, "rb") as f:
+                output = f.read()
+            self.assertTrue(started, output.decode("utf-8", "replace")[-2000:])
+            self.assertNotIn(b"Traceback", output)
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=30)
+
     def test_daemon_refuses_unknown_rule_at_start(self):
         """twistd ktmail stops at start-up on an unknown [spam_scores] name."""
         config = self.write_config("[spam_scores]\nNO_SUCH_RULE = 2\n")
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        result = subprocess.run([twistd, "-n", "--pidfile=", "ktmail", "--config", config],
-                                capture_output=True, timeout=60, check=False,
-                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(
-                                    __file__))))
+        args, root = self.twistd(config)
+        result = subprocess.run(args, capture_output=True, timeout=60, check=False, cwd=root)
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(b"spam_scores.NO_SUCH_RULE", result.stderr + result.stdout)
