@@ -137,6 +137,9 @@ CASES = {
     "MIME_DOUBLE_EXTENSION": (with_attachment("invoice.pdf.exe", b"MZ" + b"\0" * 200), None),
     "MIME_HTML_ATTACHMENT": (with_attachment("payment.html", b"<html><form></form></html>",
                                              "text/html"), None),
+    "MIME_HTML_ATTACHMENT_ACTIVE": (with_attachment(
+        "scan.svg", b"<svg xmlns='http://www.w3.org/2000/svg'><script>location.href='https://"
+        b"evil.example/'</script></svg>", "image/svg+xml"), None),
     "MIME_MACRO_DOCUMENT": (with_attachment("report.docm", b"PK\x03\x04" + b"\0" * 100), None),
     "MIME_TYPE_MISMATCH": (with_attachment("photo.jpg", b"PK\x03\x04" + b"\0" * 100,
                                            "image/jpeg"), None),

@@ -19,6 +19,7 @@ import email
 import email.header
 import email.policy
 import email.utils
+import quopri
 import re
 from html.parser import HTMLParser
 from urllib.parse import unquote, urlsplit
@@ -441,23 +442,36 @@ def _walk(part, message, seen, depth=0):
             seen[id(part)] = summary
         return
     message.attachments.append(Attachment(content_type=ctype, filename=filename,
-                                          head=_decoded_head(part, cte)))
+                                          head=_decoded_head(part, cte, _head_limit(filename,
+                                                                                    ctype))))
 
 
-def _decoded_head(part, cte):
-    """The first bytes of a part's content, decoding only a few lines."""
+#: attached web pages are read further: their scripts and forms are the payload
+_PAGE_TYPES = ("text/html", "image/svg+xml", "application/xhtml+xml")
+_PAGE_EXTENSIONS = (".htm", ".html", ".shtml", ".xhtml", ".svg", ".mht", ".mhtml")
+
+
+def _head_limit(filename, ctype):
+    if ctype in _PAGE_TYPES or filename.lower().strip('"').endswith(_PAGE_EXTENSIONS):
+        return 16384
+    return 256
+
+
+def _decoded_head(part, cte, limit=256):
+    """The first ``limit`` bytes of a part's content, decoding only those."""
     payload = part.get_payload()
     if not isinstance(payload, str):
         return b""
     if cte == "base64":
-        lines = payload.lstrip().split("\n", 8)[:8]
-        chunk = "".join(line.strip() for line in lines)
+        chunk = "".join(payload[:limit * 4 // 3 + 400].split())
         chunk = chunk[: len(chunk) - len(chunk) % 4]
         try:
-            return binascii.a2b_base64(chunk)[:256]
+            return binascii.a2b_base64(chunk)[:limit]
         except (binascii.Error, ValueError):
             return b""
-    return payload[:256].encode("latin-1", errors="replace")
+    if cte == "quoted-printable":
+        return quopri.decodestring(payload[:limit * 3].encode("latin-1", "replace"))[:limit]
+    return payload[:limit].encode("latin-1", errors="replace")
 
 
 _WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)

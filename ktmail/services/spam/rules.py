@@ -579,7 +579,7 @@ def _phishing_link(f):
 
 
 _GREETING = re.compile(r"^\W*(?:dear|hello|hi|greetings)\s+(?:valued\s+)?(?:customer|user|client"
-                       r"|member|account holder|friend|sir|madam|sir/madam|beneficiary|"
+                       r"|member|account holder|friend|sir|madam|sir ?/ ?madam|beneficiary|"
                        r"e-?mail user|webmail user)\b"
                        r"|^\W*(?:hyvä|arvoisa)\s+(?:asiakas|käyttäjä)",
                        re.IGNORECASE | re.MULTILINE)
@@ -850,6 +850,18 @@ def _double_ext(f):
 @rule("MIME_HTML_ATTACHMENT", 1.5, "HTML or SVG file attached (phishing page in an attachment)")
 def _html_attachment(f):
     return any(_extension(a.filename) in HTML_EXTENSIONS for a in f.message.attachments)
+
+
+_ACTIVE_PAGE = re.compile(rb"<script|<form|javascript:|window\.location|location\.(?:href|replace)"
+                          rb"|\batob\(|http-equiv=[\"']?refresh|document\.write", re.IGNORECASE)
+
+
+@rule("MIME_HTML_ATTACHMENT_ACTIVE", 2.0,
+      "Attached web page runs scripts, redirects or asks for input (HTML smuggling)")
+def _html_attachment_active(f):
+    return any((_extension(a.filename) in HTML_EXTENSIONS
+                or a.content_type in ("text/html", "image/svg+xml"))
+               and _ACTIVE_PAGE.search(a.head) for a in f.message.attachments)
 
 
 @rule("MIME_MACRO_DOCUMENT", 1.0, "Office document with macros attached")
