@@ -143,6 +143,7 @@ def makeService(options):
     _DatabaseService(core.db).setServiceParent(top)
     for job in core.retention_jobs:
         job.service().setServiceParent(top)
+    core.spam.pruning_service().setServiceParent(top)
     tls_context = tls.server_context(config.tls) if config.tls else None
 
     if config.listen.web:

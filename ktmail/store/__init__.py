@@ -140,9 +140,14 @@ class ISpamStatsStore(Interface):
         """-> {scope: (nspam, nham, {token: (spam count, ham count)})} for every
         scope asked, with only the tokens that scope has seen."""
 
-    def learn(scopes, message_key, tokens, is_spam):
-        """Count one message as spam or ham in each scope.
-        -> {scope: "learned" | "relearned" | "already"}."""
+    def learn(scopes, message_key, tokens, is_spam, now=0.0):
+        """Count one message as spam or ham in each scope (``now`` dates the
+        tokens for pruning). -> {scope: "learned" | "relearned" | "already"}."""
+
+    def prune(before):
+        """Drop tokens seen in only one message and 'learned' records, last
+        counted before ``before`` (POSIX seconds), in every scope.
+        -> number of rows dropped."""
 
     def forget_scope(scope):
         """Drop everything learned in ``scope`` (a removed mailbox). Idempotent. -> None."""

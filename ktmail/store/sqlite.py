@@ -473,13 +473,14 @@ def load_spam_stats_txn(conn, scopes, tokens):
     return result
 
 
-def _count_txn(conn, scope, tokens, column, delta):
+def _count_txn(conn, scope, tokens, column, delta, day=0):
     """Add ``delta`` (+1/-1) to ``column`` (nspam/nham) of the scope's tokens and total."""
     if delta > 0:
         conn.executemany(
-            f"INSERT INTO spam_tokens (scope, token, {column}) VALUES (?, ?, 1) "
-            f"ON CONFLICT (scope, token) DO UPDATE SET {column} = {column} + 1",
-            [(scope, t) for t in tokens])
+            f"INSERT INTO spam_tokens (scope, token, {column}, day) VALUES (?, ?, 1, ?) "
+            f"ON CONFLICT (scope, token) DO UPDATE SET {column} = {column} + 1, "
+            f"day = MAX(day, excluded.day)",
+            [(scope, t, day) for t in tokens])
         conn.execute(
             f"INSERT INTO spam_totals (scope, {column}) VALUES (?, 1) "
             f"ON CONFLICT (scope) DO UPDATE SET {column} = {column} + 1", (scope,))
@@ -492,8 +493,9 @@ def _count_txn(conn, scope, tokens, column, delta):
         conn.execute("DELETE FROM spam_tokens WHERE scope=? AND nspam=0 AND nham=0", (scope,))
 
 
-def learn_spam_txn(conn, scopes, message_key, tokens, is_spam):
+def learn_spam_txn(conn, scopes, message_key, tokens, is_spam, now=0.0):
     tokens = sorted(set(tokens))
+    day = int(now // 86400)
     outcome = {}
     for scope in scopes:
         row = conn.execute("SELECT is_spam FROM spam_learned WHERE scope=? AND message_key=?",
@@ -503,11 +505,18 @@ def learn_spam_txn(conn, scopes, message_key, tokens, is_spam):
             continue
         if row is not None:
             _count_txn(conn, scope, tokens, "nspam" if row[0] else "nham", -1)
-        _count_txn(conn, scope, tokens, "nspam" if is_spam else "nham", +1)
-        conn.execute("INSERT OR REPLACE INTO spam_learned (scope, message_key, is_spam) "
-                     "VALUES (?, ?, ?)", (scope, message_key, int(bool(is_spam))))
+        _count_txn(conn, scope, tokens, "nspam" if is_spam else "nham", +1, day)
+        conn.execute("INSERT OR REPLACE INTO spam_learned (scope, message_key, is_spam, day) "
+                     "VALUES (?, ?, ?, ?)", (scope, message_key, int(bool(is_spam)), day))
         outcome[scope] = "relearned" if row is not None else "learned"
     return outcome
+
+
+def prune_spam_txn(conn, before):
+    day = int(before // 86400)
+    dropped = conn.execute("DELETE FROM spam_tokens WHERE nspam + nham <= 1 AND day < ?",
+                           (day,)).rowcount
+    return dropped + conn.execute("DELETE FROM spam_learned WHERE day < ?", (day,)).rowcount
 
 
 def forget_spam_scope_txn(conn, scope):
@@ -526,9 +535,12 @@ class SQLiteSpamStatsStore:
         return self.db.run_interaction(load_spam_stats_txn, tuple(scopes), tuple(tokens),
                                        write=False)
 
-    def learn(self, scopes, message_key, tokens, is_spam):
+    def learn(self, scopes, message_key, tokens, is_spam, now=0.0):
         return self.db.run_interaction(learn_spam_txn, tuple(scopes), message_key,
-                                       tuple(tokens), bool(is_spam))
+                                       tuple(tokens), bool(is_spam), now)
+
+    def prune(self, before):
+        return self.db.run_interaction(prune_spam_txn, before)
 
     def forget_scope(self, scope):
         return self.db.run_interaction(forget_spam_scope_txn, scope)

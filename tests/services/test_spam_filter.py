@@ -234,6 +234,22 @@ class LearningTests(FilterTestCase):
         self.assertSpammy(mine)
         self.assertEqual(self.bayes_rules(theirs), ["BAYES_00"])
 
+    def test_pruning_on_the_clock(self):
+        """The daily pruning service drops one-off tokens after 180 days."""
+        spam_filter = self.make_filter()
+        self.successResultOf(spam_filter.train(mailbox(), self.write(variant()), True))
+        svc = spam_filter.pruning_service()
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        loaded = self.successResultOf(self.store.load_stats([0], tokenize_hashed(
+            parse_bytes(variant()))))
+        self.assertTrue(loaded[0][2])
+        for _ in range(181):
+            self.clock.advance(86400)
+        loaded = self.successResultOf(self.store.load_stats([0], tokenize_hashed(
+            parse_bytes(variant()))))
+        self.assertEqual(loaded[0][2], {})
+
     def test_forget_mailbox(self):
         """Removing a mailbox drops its statistics; the global ones stay."""
         spam_filter = self.make_filter()

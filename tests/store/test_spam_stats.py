@@ -69,6 +69,22 @@ class SpamStatsContract:
         self.assertEqual(outcome, {4: "learned"})
 
     @defer.inlineCallbacks
+    def test_prune_drops_rare_old_tokens(self):
+        """Pruning drops tokens counted once and not since the cut-off, and old
+        'learned' records; tokens seen in several messages or recently stay."""
+        day = 86400
+        yield self.store.learn([0], "old1", [1, 2], True, now=10 * day)
+        yield self.store.learn([0], "old2", [2], True, now=10 * day)
+        yield self.store.learn([0], "new", [3], False, now=200 * day)
+        dropped = yield self.store.prune(100 * day)
+        self.assertEqual(dropped, 3)   # token 1, records old1 and old2
+        stats = yield self.store.load_stats([0], [1, 2, 3])
+        self.assertEqual(stats[0], (2, 1, {2: (2, 0), 3: (0, 1)}))
+        outcome = yield self.store.learn([0], "new", [3], False, now=201 * day)
+        self.assertEqual(outcome, {0: "already"})
+        self.assertEqual((yield self.store.prune(100 * day)), 0)
+
+    @defer.inlineCallbacks
     def test_many_tokens(self):
         """Thousands of tokens (64-bit hashes, negative too) load in one call."""
         tokens = [(i * 2654435761) % (1 << 63) - (1 << 62) for i in range(2500)]

@@ -13,6 +13,7 @@ the filter. Unknown ``[spam_scores]`` rule names stop construction with a
 """
 
 import attrs
+from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -77,6 +78,8 @@ class SpamFilter:
     hostname: str = "localhost"
     #: seconds all DNS checks of one message may take together
     dns_timeout: float = 10.0
+    #: days a token seen in a single message is kept
+    keep_days: int = 180
     rules: RuleSet = attrs.field(init=False)
 
     def __attrs_post_init__(self):
@@ -132,7 +135,22 @@ class SpamFilter:
         (moved out of it), globally and for ``mailbox``."""
         analysis = await self.run_in_thread(analyse_file, path, False)
         await self.stats.learn([GLOBAL_SCOPE, mailbox.id], analysis.key, analysis.tokens,
-                               bool(is_spam))
+                               bool(is_spam), self.clock.seconds())
+
+    def prune_statistics(self):
+        """Drop tokens seen in one message only and not for ``keep_days``
+        (most tokens are such one-offs: this bounds the database). -> Deferred[int]."""
+        return self.stats.prune(self.clock.seconds() - self.keep_days * 86400)
+
+    def pruning_service(self, interval=86400.0):
+        """A TimerService running prune_statistics() daily (first at start)."""
+        def tick():
+            return self.prune_statistics().addErrback(
+                lambda f: log.failure("pruning spam statistics failed", failure=f))
+        svc = TimerService(interval, tick)
+        svc.clock = self.clock
+        svc.setName("spam-statistics-pruning")
+        return svc
 
     def forget_mailbox(self, mailbox):
         """Drop what was learned for a removed mailbox. -> Deferred[None]."""

@@ -12,6 +12,8 @@ CREATE TABLE spam_tokens (
     token INTEGER NOT NULL,
     nspam INTEGER NOT NULL DEFAULT 0,
     nham  INTEGER NOT NULL DEFAULT 0,
+    -- POSIX day the token was last counted: rare tokens not seen for long are pruned
+    day   INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (scope, token)
 ) WITHOUT ROWID;
 
@@ -21,5 +23,6 @@ CREATE TABLE spam_learned (
     scope       INTEGER NOT NULL,
     message_key TEXT NOT NULL,
     is_spam     INTEGER NOT NULL,
+    day         INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (scope, message_key)
 ) WITHOUT ROWID;
