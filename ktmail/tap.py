@@ -18,16 +18,21 @@ from twisted.python import usage
 
 from ktmail import errors, tls
 from ktmail.config import ConfigError, load_config
+from ktmail.errors import ValidationError
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
 from ktmail.services.dkim import DkimSigner
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
+from ktmail.services.retention import SpamExpiryJob
 from ktmail.services.routing import MXRouter
+from ktmail.services.spam import SpamFilter, check_rule_names
+from ktmail.services.spam.auth import TwistedNamesResolver
+from ktmail.store import IFolderExpiry
 from ktmail.store.dkimkeys import DiskDkimKeyStore
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.queue import DiskQueueStore
-from ktmail.store.sqlite import Database, SQLiteStore, ThreadRunner
+from ktmail.store.sqlite import Database, SQLiteSpamStatsStore, SQLiteStore, ThreadRunner
 from ktmail.web.app import build_root, make_site
 from ktmail.web.sessions import MAILBOX
 
@@ -41,9 +46,13 @@ class Options(usage.Options):
     def postOptions(self):
         try:
             self["loaded"] = load_config(self["config"])
+            check_rule_names(self["loaded"].spam.score_overrides())
         except ConfigError as e:
             # one line per problem, no usage text: the operator needs the key
             sys.stderr.write(e.summary() + "\n")
+            raise SystemExit(1)
+        except ValidationError as e:
+            sys.stderr.write(f"{self['config']}: {e.text}\n")
             raise SystemExit(1)
 
 
@@ -80,10 +89,16 @@ class Core:
     accounts: object
     queue_store: object = None
     dkim_keys: object = None
+    spam_stats: object = None
+    spam: object = None
+    #: jobs with name / run_once(dry_run) / service(): Spam expiry, inactivity
+    retention_jobs: list = attrs.Factory(list)
 
 
-def build_core(config, reactor):
-    """Stores and services, wired; shared by the daemon and ktmail-admin."""
+def build_core(config, reactor, resolver=None):
+    """Stores and services, wired; shared by the daemon and ktmail-admin.
+    ``resolver``: the spam filter's DNS (auth.DNSResolver), None: no
+    SPF/DKIM/DMARC checks (ktmail-admin)."""
     os.makedirs(config.data_dir, exist_ok=True)
     run_in_thread = reactor_thread_runner(reactor)
     db = Database(os.path.join(config.data_dir, "ktmail.db"), ThreadRunner(reactor))
@@ -94,8 +109,16 @@ def build_core(config, reactor):
     auth = AuthService(store, hasher, throttle, reactor)
     accounts = AccountService(store, mail, store, hasher, config.domains, config.limits,
                               reactor)
+    spam_stats = SQLiteSpamStatsStore(db)
+    spam = SpamFilter(config.spam, spam_stats, run_in_thread, reactor, resolver=resolver,
+                      hostname=config.hostname)
+    accounts.removal_hooks.append(spam.forget_mailbox)
+    retention_jobs = []
+    if IFolderExpiry.providedBy(mail):
+        retention_jobs.append(SpamExpiryJob(store, mail, config.limits, reactor, audit=store))
     return Core(config=config, reactor=reactor, db=db, store=store, mail=mail, hasher=hasher,
-                throttle=throttle, auth=auth, accounts=accounts,
+                throttle=throttle, auth=auth, accounts=accounts, spam_stats=spam_stats,
+                spam=spam, retention_jobs=retention_jobs,
                 queue_store=DiskQueueStore(config.data_dir, run_in_thread),
                 dkim_keys=DiskDkimKeyStore(config.data_dir, run_in_thread))
 
@@ -138,9 +161,14 @@ def makeService(options):
     from twisted.internet import reactor
 
     config = options["loaded"]
-    core = build_core(config, reactor)
+    # hosts file + cache + the resolvers of /etc/resolv.conf, on the global reactor
+    resolver = TwistedNamesResolver(dns_client.createResolver())
+    core = build_core(config, reactor, resolver=resolver)
     top = service.MultiService()
     _DatabaseService(core.db).setServiceParent(top)
+    for job in core.retention_jobs:
+        job.service().setServiceParent(top)
+    core.spam.pruning_service().setServiceParent(top)
     tls_context = tls.server_context(config.tls) if config.tls else None
     # build_outbound(...)[0].enqueue is what submission and webmail hand remote mail to
     _, outbound_scheduler = build_outbound(core, reactor)

@@ -190,3 +190,45 @@ class IDkimKeyStore(Interface):
 
     def public_record(domain):
         """-> (DNS name, TXT value) to publish; creates the key if missing."""
+
+class ISpamStatsStore(Interface):
+    """What the spam filter's Bayes classifier has learned (migration 003).
+
+    A *scope* is 0 for the statistics of the whole service, or a mailbox id
+    for that mailbox's own. Tokens are signed 64-bit integers (hashes).
+    Invariants kept by every implementation, atomically per call:
+    - a message (``message_key``) counts at most once per scope; learning it
+      again as the same class changes nothing, learning it as the other
+      class moves its counts over (a message moved out of Spam);
+    - counts never go below zero.
+    """
+
+    def load_stats(scopes, tokens):
+        """-> {scope: (nspam, nham, {token: (spam count, ham count)})} for every
+        scope asked, with only the tokens that scope has seen."""
+
+    def learn(scopes, message_key, tokens, is_spam, now=0.0):
+        """Count one message as spam or ham in each scope (``now`` dates the
+        tokens for pruning). -> {scope: "learned" | "relearned" | "already"}."""
+
+    def prune(before):
+        """Drop tokens seen in only one message and 'learned' records, last
+        counted before ``before`` (POSIX seconds), in every scope.
+        -> number of rows dropped."""
+
+    def forget_scope(scope):
+        """Drop everything learned in ``scope`` (a removed mailbox). Idempotent. -> None."""
+
+
+class IFolderExpiry(Interface):
+    """What the Spam expiry needs from the mail store (implemented by the
+    Maildir store; ``arrived`` is when the message was stored in that
+    folder, by delivery, APPEND, COPY or MOVE)."""
+
+    def messages_before(mailbox_id, folder, before):
+        """-> Deferred[[(uid, arrived)]] of the messages of ``folder`` that
+        arrived there before ``before`` (POSIX seconds)."""
+
+    def expunge(mailbox_id, folder, uids):
+        """Delete those messages (UIDs no longer there are ignored), durably,
+        notifying open sessions. -> Deferred[int] number deleted."""
