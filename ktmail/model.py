@@ -149,3 +149,147 @@ class SpamVerdict:
 
 #: The verdict used where no filter runs (authenticated local senders).
 NOT_SCANNED = SpamVerdict(is_spam=False, score=0.0, required=0.0, hits=())
+
+
+# --- mail store values ----------------------------------------------------------------
+
+#: IMAP system flags a message can carry (RFC 3501 §2.3.2); ``\Recent`` is
+#: session state and is reported through ``MessageInfo.recent`` instead.
+SYSTEM_FLAGS = ("\\Answered", "\\Deleted", "\\Draft", "\\Flagged", "\\Seen")
+SEEN = "\\Seen"
+DELETED = "\\Deleted"
+
+#: ``mode`` values of IMailStore.set_flags (IMAP +FLAGS, -FLAGS, FLAGS)
+FLAGS_ADD = "add"
+FLAGS_REMOVE = "remove"
+FLAGS_REPLACE = "replace"
+
+
+@attrs.frozen(slots=True, weakref_slot=False)
+class MessageInfo:
+    """What the index knows about one message of one folder; never opens the file.
+
+    ``key`` is the Maildir base name (before ``:2,``): stable while the
+    message stays in its folder, whatever its flags (POP3 UIDL uses it).
+    ``flags`` holds system flags (``\\Seen`` ...) and keywords, never
+    ``\\Recent``. ``size`` is the exact size of the stored (CRLF) file:
+    RFC822.SIZE. ``internal_date`` is the IMAP INTERNALDATE, ``saved_at``
+    when the message arrived in *this* folder (Spam expiry), both POSIX
+    seconds. ``modseq`` is the RFC 7162 mod-sequence of its last change.
+    """
+
+    uid: int
+    key: str
+    flags: frozenset
+    size: int
+    internal_date: float
+    saved_at: float
+    modseq: int
+    recent: bool = False
+
+    @property
+    def seen(self):
+        return SEEN in self.flags
+
+    @property
+    def deleted(self):
+        return DELETED in self.flags
+
+
+@attrs.frozen
+class FolderStatus:
+    """The figures of RFC 3501 STATUS / SELECT (plus RFC 8438 SIZE and
+    RFC 7162 HIGHESTMODSEQ) of one folder."""
+
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    messages: int
+    recent: int
+    unseen: int
+    size: int
+
+
+@attrs.frozen
+class FolderInfo:
+    """One folder in a listing. ``special_use`` is e.g. ``\\Junk`` or None;
+    ``has_children`` tells whether some other folder is below it."""
+
+    name: str
+    subscribed: bool
+    special_use: str | None = None
+    has_children: bool = False
+
+
+@attrs.frozen
+class FolderSnapshot:
+    """A folder as loaded: its status and every message ordered by UID."""
+
+    status: FolderStatus
+    messages: tuple
+
+
+@attrs.frozen
+class StoredMessage:
+    """The result of adding one message (APPENDUID needs ``uidvalidity``)."""
+
+    folder: str
+    uidvalidity: int
+    info: MessageInfo
+
+
+@attrs.frozen
+class FlagChanges:
+    """The result of set_flags: ``changed`` are the new infos (new modseq) of
+    the messages whose flags changed; ``modified`` the UIDs refused because
+    their modseq was above UNCHANGEDSINCE (RFC 7162 §3.1.3);
+    ``highestmodseq`` the folder's value afterwards."""
+
+    changed: tuple
+    modified: tuple
+    highestmodseq: int
+
+
+@attrs.frozen
+class Expunged:
+    """The result of expunging: the UIDs really removed (ascending) and the
+    folder's highestmodseq afterwards."""
+
+    uids: tuple
+    highestmodseq: int
+
+
+@attrs.frozen
+class CopyResult:
+    """The result of copy_messages / move_messages (RFC 4315 COPYUID).
+
+    ``uid_map`` pairs (source UID, destination UID) in source order; UIDs
+    that no longer existed are left out. ``added`` are the destination
+    infos. For a move, ``source_highestmodseq`` is the source folder's
+    value after the removal (None for a copy).
+    """
+
+    uidvalidity: int
+    uid_map: tuple
+    added: tuple
+    source_highestmodseq: int | None = None
+
+
+@attrs.frozen
+class FolderChanges:
+    """What changed in a folder after a given modseq: ``changed`` infos
+    (new or re-flagged, ascending UID) and ``vanished`` UIDs (RFC 7162
+    QRESYNC), with the status at the time of the answer."""
+
+    status: FolderStatus
+    changed: tuple
+    vanished: tuple
+
+
+@attrs.frozen
+class MailUsage:
+    """Quota usage of a mailbox: all folders together."""
+
+    bytes: int
+    messages: int

@@ -79,7 +79,7 @@ def build_core(config, reactor):
     run_in_thread = reactor_thread_runner(reactor)
     db = Database(os.path.join(config.data_dir, "ktmail.db"), ThreadRunner(reactor))
     store = SQLiteStore(db)
-    mail = MaildirStore(config.data_dir, run_in_thread)
+    mail = MaildirStore(config.data_dir, reactor, run_in_thread)
     hasher = PasswordHasher(run_in_thread)
     throttle = LoginThrottle(store, reactor)
     auth = AuthService(store, hasher, throttle, reactor)
