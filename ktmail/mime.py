@@ -37,6 +37,9 @@ CHUNK = 64 * 1024
 MAX_DEPTH = 64
 MAX_PARTS = 10000
 MAX_HEADER_BYTES = 256 * 1024
+#: header bytes parsed in one message, all parts together; past it, part
+#: headers are skipped (the parts keep their offsets, with default types)
+MAX_MESSAGE_HEADER_BYTES = 2 * 1024 * 1024
 MAX_HEADER_LINE = 64 * 1024
 MAX_BOUNDARY_LINE = 2048
 
@@ -161,22 +164,32 @@ _FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 
 def parse_header_block(data):
     """Bytes of a header block -> [(lower-case name, raw value str)], in
-    order; the value keeps its folding and loses the leading space. Lines
-    that are no header field are skipped. Never raises."""
+    order; the value keeps its folding (as CRLF) and loses the leading
+    space. Lines that are no header field are skipped. Never raises."""
     fields = []
-    for line in re.split(rb"(?<=\n)", data):
-        if not line.strip(b"\r\n"):
+    name = None
+    pieces = []
+
+    def flush():
+        if name is not None:
+            fields.append((name, raw_text(b"\r\n".join(pieces)).lstrip(" \t")))
+
+    for line in data.split(b"\n"):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
             continue
-        if line[:1] in (b" ", b"\t"):
-            if fields:
-                name, value = fields[-1]
-                fields[-1] = (name, value + raw_text(line))
+        if line[0] in (32, 9):  # folded continuation
+            if name is not None:
+                pieces.append(line)
             continue
         m = _FIELD_NAME.match(line)
         if m:
-            value = line[m.end():]
-            fields.append((m.group(1).decode("ascii").lower(), raw_text(value)))
-    return [(name, value.rstrip("\r\n").lstrip(" \t")) for name, value in fields]
+            flush()
+            name = m.group(1).decode("ascii").lower()
+            pieces = [line[m.end():]]
+    flush()
+    return fields
 
 
 class Headers:
@@ -184,13 +197,13 @@ class Headers:
 
     def __init__(self, fields):
         self.fields = fields
+        self._first = {}
+        for key, value in fields:
+            self._first.setdefault(key, value)
 
     def get(self, name, default=None):
         """The raw value of the first ``name`` field, or ``default``."""
-        for key, value in self.fields:
-            if key == name:
-                return value
-        return default
+        return self._first.get(name, default)
 
     def get_all(self, name):
         return [value for key, value in self.fields if key == name]
@@ -201,6 +214,8 @@ class Headers:
 
 def _strip_comments(text):
     """Remove RFC 5322 comments (nested parentheses) outside quoted strings."""
+    if "(" not in text:
+        return text
     out = []
     depth = 0
     quoted = False
@@ -782,6 +797,26 @@ class _Reader:
         return self.pos >= len(self.buf)
 
 
+_PATTERNS = {}
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
+def _delimiter_patterns(boundaries):
+    """-> (regex of a delimiter line at a position, regex of "\\n" + one,
+    bytes needed to see a whole delimiter line) for a boundary stack."""
+    found = _PATTERNS.get(boundaries)
+    if found is None:
+        alternatives = b"|".join(re.escape(b) for b in sorted(set(boundaries), key=len,
+                                                                reverse=True))
+        body = rb"--(?:" + alternatives + rb")(?:--)?[ \t\r]{0,200}(?:\n|\Z)"
+        need = max(len(b) for b in boundaries) + 210
+        found = (re.compile(body), re.compile(rb"\n" + body), need)
+        if len(_PATTERNS) > 256:
+            _PATTERNS.clear()
+        _PATTERNS[boundaries] = found
+    return found
+
+
 def _boundary_match(line, boundaries):
     """Is ``line`` a delimiter of one of ``boundaries`` (innermost last)?
     -> (index, is_close) or None."""
@@ -801,6 +836,7 @@ class _Parser:
     def __init__(self, fileobj):
         self.reader = _Reader(fileobj)
         self.parts = 0
+        self.header_budget = MAX_MESSAGE_HEADER_BYTES
         #: the header fields of the top-level message
         self.top_headers = Headers([])
 
@@ -814,6 +850,9 @@ class _Parser:
         kept = []
         kept_bytes = 0
         first = True
+        if self.header_budget <= 0:
+            self.skip_header_rest(boundaries)
+            return Headers([])
         while True:
             line, whole = reader.peek_line(MAX_HEADER_LINE)
             if not line:
@@ -830,11 +869,43 @@ class _Parser:
             if line[:1] not in (b" ", b"\t") and not _FIELD_NAME.match(line):
                 break
             first = False
-            if kept_bytes < MAX_HEADER_BYTES:
-                kept.append(line if whole else line + b"\r\n")
-                kept_bytes += len(line)
-            reader.skip_line()
+            kept.append(line if whole else line + b"\r\n")
+            kept_bytes += len(line)
+            if whole and line.endswith(b"\n"):
+                reader.advance_to(reader.pos + len(line))
+            else:
+                reader.skip_line()
+            if kept_bytes >= min(MAX_HEADER_BYTES, self.header_budget):
+                self.skip_header_rest(boundaries)
+                break
+        self.header_budget -= kept_bytes
         return Headers(parse_header_block(b"".join(kept)))
+
+    def skip_header_rest(self, boundaries):
+        """Past MAX_HEADER_BYTES: find the end of the header block (a blank
+        line, or a delimiter line) without looking at each line."""
+        reader = self.reader
+        delimiter, need = None, 2
+        if boundaries:
+            _line_start, delimiter, need = _delimiter_patterns(tuple(boundaries))
+        reader.fill(2)
+        if reader.buf.startswith((b"\r\n", b"\n"), reader.pos):
+            reader.skip_line()  # we are at a line start: this is the blank line
+            return
+        while True:
+            blank = _BLANK_LINE.search(reader.buf, reader.pos)
+            found = delimiter.search(reader.buf, reader.pos) if delimiter else None
+            if blank is not None and (found is None or blank.start() < found.start()):
+                reader.advance_to(blank.end())
+                return
+            if found is not None and (found.end() < len(reader.buf) or reader.eof):
+                reader.advance_to(found.start() + 1)
+                return
+            if reader.eof:
+                reader.advance_to(len(reader.buf))
+                return
+            reader.advance_to(max(reader.pos, len(reader.buf) - need - 2))
+            reader.fill(len(reader.buf) - reader.pos + 1)
 
     # bodies
 
@@ -843,35 +914,53 @@ class _Parser:
         (the delimiter line is consumed too).
         -> (body_end, LFs before body_end, last body byte is LF, match or None)."""
         reader = self.reader
+        if not boundaries:
+            reader.advance_to(len(reader.buf))
+            while not reader.eof:
+                reader.fill(1)
+                reader.advance_to(len(reader.buf))
+            end = reader.offset
+            return end, reader.lf, reader.byte_at(end - 1) == b"\n", None
+        line_start, anywhere, need = _delimiter_patterns(tuple(boundaries))
+        at_line_start = True
         while True:
-            reader.fill(2)
-            if boundaries and reader.buf.startswith(b"--", reader.pos):
-                line, _whole = reader.peek_line(MAX_BOUNDARY_LINE)
-                match = _boundary_match(line, boundaries)
-                if match is not None:
-                    start = reader.offset
-                    lf = reader.lf
-                    cut = 0
-                    if reader.byte_at(start - 1) == b"\n":
-                        # RFC 2046 §5.1.1: the CRLF before "--" belongs to the delimiter
-                        cut = 2 if reader.byte_at(start - 2) == b"\r" else 1
-                        lf -= 1
-                    end = start - cut
-                    last_lf = reader.byte_at(end - 1) == b"\n"
-                    reader.skip_line()
-                    return end, lf, last_lf, match
+            if at_line_start:
+                reader.fill(need)
+                if line_start.match(reader.buf, reader.pos):
+                    line, _whole = reader.peek_line(MAX_BOUNDARY_LINE)
+                    match = _boundary_match(line, boundaries)
+                    if match is not None:
+                        return self._delimiter_found(match)
             while True:
-                found = reader.buf.find(b"\n--", reader.pos) if boundaries else -1
-                if found >= 0:
-                    reader.advance_to(found + 1)
+                # the regex finds delimiter lines in C; look-alikes never get here
+                found = anywhere.search(reader.buf, reader.pos)
+                if found is not None and (found.end() < len(reader.buf) or reader.eof):
+                    reader.advance_to(found.start() + 1)
+                    at_line_start = True
                     break
-                if reader.eof:
+                if found is None and reader.eof:
                     reader.advance_to(len(reader.buf))
                     end = reader.offset
                     return end, reader.lf, reader.byte_at(end - 1) == b"\n", None
-                # keep the last two bytes: they may begin a "\n--"
-                reader.advance_to(max(reader.pos, len(reader.buf) - 2))
-                reader.fill(3)
+                # keep a tail that may hold the beginning of a delimiter line
+                keep_from = found.start() if found is not None else len(reader.buf) - need
+                reader.advance_to(max(reader.pos, keep_from))
+                reader.fill(len(reader.buf) - reader.pos + 1)
+
+    def _delimiter_found(self, match):
+        """At the start of a delimiter line: -> scan_body's answer."""
+        reader = self.reader
+        start = reader.offset
+        lf = reader.lf
+        cut = 0
+        if reader.byte_at(start - 1) == b"\n":
+            # RFC 2046 §5.1.1: the CRLF before "--" belongs to the delimiter
+            cut = 2 if reader.byte_at(start - 2) == b"\r" else 1
+            lf -= 1
+        end = start - cut
+        last_lf = reader.byte_at(end - 1) == b"\n"
+        reader.skip_line()
+        return end, lf, last_lf, match
 
     # parts
 
