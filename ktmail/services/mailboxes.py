@@ -118,7 +118,7 @@ class LiveFolder:
         messages = snapshot.messages
         # C-level passes (a folder may hold 100,000 messages)
         self.uids = list(map(_UID, messages))
-        self._infos = dict(zip(self.uids, messages))
+        self._infos = dict(zip(self.uids, messages, strict=True))
         self._unclaimed_recent = {m[0] for m in messages if m[7]}
         self._listeners = []
         self.users = 0

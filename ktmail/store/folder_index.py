@@ -23,6 +23,7 @@ commit: the caller (store/maildir.py) owns the transaction.
 """
 
 import json
+import os
 import sqlite3
 
 import attrs
@@ -92,6 +93,8 @@ def connect(path):
     The schema is created inside the same exclusive transaction that checks
     for it, so two processes opening a new index at once cannot both create it.
     """
+    if not os.path.exists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # private, whatever the umask
     conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA busy_timeout=60000")
@@ -127,11 +130,6 @@ def connect(path):
 class IndexUnusable(Exception):
     """The index file exists but cannot be used (corrupt, unknown schema):
     the store rebuilds it from the Maildir."""
-
-
-def data_version(conn):
-    """Changes whenever another connection (any process) commits."""
-    return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
 # --- meta ----------------------------------------------------------------------------
@@ -506,7 +504,7 @@ def cached_mime(conn, folder_id, uids, with_structure=True):
         marks = ",".join("?" * len(chunk))
         for row in conn.execute(f"SELECT uid, {columns} FROM message_mime "
                                 f"WHERE folder_id=? AND uid IN ({marks})", (folder_id, *chunk)):
-            fields = dict(zip(MIME_FIELDS, row[1:1 + len(MIME_FIELDS)]))
+            fields = dict(zip(MIME_FIELDS, row[1:1 + len(MIME_FIELDS)], strict=True))
             structure = json.loads(row[-1]) if with_structure else None
             found[row[0]] = (fields, structure)
     return found
