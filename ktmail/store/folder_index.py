@@ -63,6 +63,7 @@ CREATE TABLE messages (
     PRIMARY KEY (folder_id, uid)
 ) WITHOUT ROWID;
 CREATE INDEX messages_modseq ON messages (folder_id, modseq);
+CREATE INDEX messages_subdir ON messages (folder_id, subdir);
 CREATE TABLE message_mime (
     folder_id INTEGER NOT NULL,
     uid INTEGER NOT NULL,
@@ -375,6 +376,12 @@ def infos_from_raw(rows):
         append(make(MessageInfo, (uid, filename.split(":", 1)[0], flags, size, internal_date,
                                   saved_at, modseq, recent == 1)))
     return out
+
+
+def message_filenames(conn, folder_id, subdir):
+    """-> [file name] of the messages of a folder in ``new`` or ``cur``."""
+    return [r[0] for r in conn.execute(
+        "SELECT filename FROM messages WHERE folder_id=? AND subdir=?", (folder_id, subdir))]
 
 
 def message_rows_by_filename(conn, folder_id, filenames):

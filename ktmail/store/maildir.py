@@ -544,37 +544,43 @@ class MaildirMailbox:
 
     def _sync_folder(self, row, force=False, keep_rows=None):
         """Bring the index of one folder in step with its directory. -> fresh row.
-        If ``keep_rows`` (a list) is given and the index rows were read and
-        found in step with the disk, they are put in it (saves reading them
-        again for a load).
 
-        Cheap when nothing changed: two stats. On the first use in this
-        process (or when an mtime moved) the directory listings are compared
-        with the index as sets of names; only names that differ are looked at
-        one by one."""
+        Cheap when nothing changed: two stats. A directory (``new/`` or
+        ``cur/``) is listed and compared with the index, as sets of names,
+        on the folder's first use in this process and when its mtime moved;
+        only names that differ are looked at one by one. If ``keep_rows`` (a
+        list) is given and every index row was read and found in step with
+        the disk, the rows are put in it (saves reading them again).
+        """
         mtimes = self._dir_mtimes(row)
-        scanned_key = (row.id, row.uidvalidity)
-        if (not force and scanned_key in self._scanned
-                and [row.new_mtime_ns, row.cur_mtime_ns] == mtimes):
+        recorded = [row.new_mtime_ns, row.cur_mtime_ns]
+        first_look = force or (row.id, row.uidvalidity) not in self._scanned
+        dirty = [sub for i, sub in enumerate(("new", "cur"))
+                 if first_look or recorded[i] != mtimes[i]]
+        if not dirty:
             return row
         base = self._folder_dir(row)
         on_disk = {sub: {n for n in os.listdir(os.path.join(base, sub)) if n[:1] != "."}
-                   for sub in ("new", "cur")}
-        raw_rows = index.raw_message_rows(self._conn, row.id)
-        indexed = {"new": set(), "cur": set()}
-        for r in raw_rows:
-            indexed[r[2]].add(r[1])
+                   for sub in dirty}
+        indexed = {sub: set() for sub in dirty}
+        if len(dirty) == 2:
+            raw_rows = index.raw_message_rows(self._conn, row.id)
+            for r in raw_rows:
+                indexed[r[2]].add(r[1])
+        else:
+            raw_rows = None
+            indexed[dirty[0]].update(index.message_filenames(self._conn, row.id, dirty[0]))
         if on_disk == indexed:
-            if keep_rows is not None:
+            if keep_rows is not None and raw_rows is not None:
                 keep_rows.extend(raw_rows)
-            if [row.new_mtime_ns, row.cur_mtime_ns] != mtimes:
+            if recorded != mtimes:
                 with self._transaction() as conn:
                     self._record_mtimes(conn, row, *mtimes)
-            self._scanned.add(scanned_key)
+            self._scanned.add((row.id, row.uidvalidity))
             return index.folder_row_by_id(self._conn, row.id)
         # names present on one side only: new files, vanished ones, renames
         appeared = {}  # key -> (subdir, filename)
-        for sub in ("new", "cur"):
+        for sub in dirty:
             for name in on_disk[sub] - indexed[sub]:
                 if not os.path.isfile(os.path.join(base, sub, name)):
                     continue
@@ -582,10 +588,21 @@ class MaildirMailbox:
                 if key in appeared and appeared[key][0] == "cur":
                     continue
                 appeared[key] = (sub, name)
-        missing = [f for sub in ("new", "cur") for f in indexed[sub] - on_disk[sub]]
+        missing = [f for sub in dirty for f in indexed[sub] - on_disk[sub]]
         with self._transaction() as conn:
             rows = {index.message_key(r.filename): r
                     for r in index.message_rows_by_filename(conn, row.id, missing)}
+            unknown = [key for key in appeared if key not in rows]
+            if unknown and len(dirty) == 1:
+                # a file moved here from the directory we did not list (its mtime
+                # did not visibly move): find its row there by key, in one pass
+                other = "cur" if dirty[0] == "new" else "new"
+                by_key = {index.message_key(f): f
+                          for f in index.message_filenames(conn, row.id, other)}
+                moved = [by_key[key] for key in unknown if key in by_key]
+                for r in index.message_rows_by_filename(conn, row.id, moved):
+                    if not os.path.exists(os.path.join(base, r.subdir, r.filename)):
+                        rows[index.message_key(r.filename)] = r
             gone = [r for key, r in rows.items() if key not in appeared]
             renamed = [(r, *appeared[key]) for key, r in rows.items() if key in appeared]
             found = sorted((name, sub) for key, (sub, name) in appeared.items()
@@ -605,7 +622,7 @@ class MaildirMailbox:
             if found:
                 self._index_found_files(conn, row, found, modseq)
             self._record_mtimes(conn, row, *mtimes)
-        self._scanned.add(scanned_key)
+        self._scanned.add((row.id, row.uidvalidity))
         return index.folder_row_by_id(self._conn, row.id)
 
     def _index_found_files(self, conn, row, found, modseq):

@@ -330,6 +330,42 @@ class ForeignChangeTests(MaildirTestCase):
         self.assertEqual(changes.vanished, (a.uid,))
         self.assertEqual([m.uid for m in (await self.snapshot()).messages], [b.uid])
 
+    def settle(self):
+        """Let the clock pass the directories' mtimes (they count as settled)."""
+        newest = max(os.stat(os.path.join(self.root, d)).st_mtime for d in ("new", "cur"))
+        self.clock.advance(max(0, newest - self.clock.seconds()) + 3600)
+
+    @deferred
+    async def test_only_the_changed_directory_is_listed(self):
+        """A file dropped into new/ makes the store list new/ only, not a big cur/."""
+        for n in range(3):
+            await self.add(flags=["\\Seen"], source=message(n))
+        self.settle()
+        await self.snapshot()
+        listed = []
+        real_listdir = os.listdir
+        self.patch(maildir.os, "listdir",
+                   lambda path: listed.append(os.path.basename(path)) or real_listdir(path))
+        self.drop_file("new", "1.dropped.host", b"Subject: x\r\n\r\n")
+        snapshot = await self.snapshot()
+        self.assertEqual([m.uid for m in snapshot.messages], [1, 2, 3, 4])
+        self.assertEqual([d for d in listed if d in ("new", "cur")], ["new"])
+
+    @deferred
+    async def test_move_seen_in_one_directory_only_keeps_the_uid(self):
+        """A message another tool moved from cur/ to new/ keeps its UID even if
+        cur/'s mtime did not visibly change (timestamp granularity)."""
+        info = await self.add(flags=["\\Seen"])
+        self.settle()
+        await self.snapshot()
+        cur = os.path.join(self.root, "cur")
+        before = os.stat(cur).st_mtime_ns
+        os.rename(os.path.join(cur, info.key + ":2,S"),
+                  os.path.join(self.root, "new", info.key))
+        os.utime(cur, ns=(before, before))
+        [moved] = (await self.snapshot()).messages
+        self.assertEqual((moved.uid, moved.flags), (info.uid, frozenset()))
+
     @deferred
     async def test_unchanged_folder_is_not_rescanned(self):
         """Once a folder was scanned in this process and its directories did
