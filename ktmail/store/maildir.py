@@ -10,6 +10,8 @@ Layout of one mailbox::
     <data_dir>/mail/<id>/ktmail-uidvalidity   the last UIDVALIDITY handed out
 
 Messages are files with CRLF line endings, exactly the bytes IMAP serves.
+New messages are written (or hard-linked, when already clean) into the
+mailbox's top ``tmp/`` and renamed from there into their folder.
 File names are ``<secs>.M<usec>P<pid>Q<n>R<rand>.<host>,S=<size>`` in
 ``new/``, plus ``:2,<flags>`` (D F P R S T in ASCII order) in ``cur/``. A
 message's key is the base name before ``:``; changing flags renames the file.
