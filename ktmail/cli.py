@@ -218,20 +218,35 @@ async def run(args, core, stdin, out):
 
 
 async def expire(core, dry_run, out):
-    """Run every retention job once; ``--dry-run`` lists what would go."""
-    # Core.retention_jobs holds the Spam expiry (when the mail store provides
-    # IFolderExpiry) and, once it exists, the inactivity deletion job.
-    if not core.retention_jobs:
-        raise Refused("expire: no retention job is available in this version (the mail "
-                      "store does not provide folder expiry)")
-    verb = "would delete" if dry_run else "deleted"
+    """Run every retention job once (Spam expiry, inactive mailboxes);
+    ``--dry-run`` lists what would go, with the dates, and changes nothing."""
     for name, reports in await run_all(core.retention_jobs, dry_run):
+        if name == "inactivity":
+            for action in reports:
+                out.write(inactivity_line(action, dry_run) + "\n")
+            gone = sum(1 for a in reports if a.kind == "delete")
+            out.write(f"{name}: {'would delete' if dry_run else 'deleted'} {gone} mailboxes, "
+                      f"{'would warn' if dry_run else 'warned'} {len(reports) - gone}\n")
+            continue
+        verb = "would delete" if dry_run else "deleted"
         total = 0
         for report in reports:
             total += len(report.uids)
+            arrived = ", ".join(f"{uid} ({_day(at)})" for uid, at in report.arrived)
             out.write(f"{name}\t{report.mailbox.username}\t{report.folder}\t{verb} "
-                      f"{len(report.uids)} messages (UIDs {' '.join(map(str, report.uids))})\n")
+                      f"{len(report.uids)} messages, UIDs (arrived): {arrived}\n")
         out.write(f"{name}: {verb} {total} messages in {len(reports)} mailboxes\n")
+
+
+def inactivity_line(action, dry_run):
+    m = action.mailbox
+    unused = f"last login {_day(m.last_login)}, created {_day(m.created)}"
+    if action.kind == "delete":
+        verb = "would delete" if dry_run else "deleted"
+        return f"inactivity\t{m.username}\t{m.address}\t{verb} the mailbox ({unused})"
+    verb = "would warn" if dry_run else "warned"
+    return (f"inactivity\t{m.username}\t{m.address}\t{verb}: deleted on "
+            f"{_day(action.delete_at)} unless someone logs in ({unused})")
 
 
 async def spam_score(core, username, stdin, out):

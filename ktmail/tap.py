@@ -14,6 +14,7 @@ from twisted.application import internet, service, strports
 from twisted.internet import defer, threads
 from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.logger import Logger
 from twisted.python import usage
 
 from ktmail import errors, tls
@@ -22,19 +23,23 @@ from ktmail.errors import ValidationError
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
+from ktmail.services.delivery import DeliveryService
 from ktmail.services.dkim import DkimSigner
+from ktmail.services.mailboxes import MailboxService
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
-from ktmail.services.retention import SpamExpiryJob
+from ktmail.services.retention import InactivityJob, InactivityPolicy, SpamExpiryJob
 from ktmail.services.routing import MXRouter
 from ktmail.services.spam import SpamFilter, check_rule_names
 from ktmail.services.spam.auth import TwistedNamesResolver
-from ktmail.store import IFolderExpiry
 from ktmail.store.dkimkeys import DiskDkimKeyStore
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.queue import DiskQueueStore
 from ktmail.store.sqlite import Database, SQLiteSpamStatsStore, SQLiteStore, ThreadRunner
 from ktmail.web.app import build_root, make_site
 from ktmail.web.sessions import MAILBOX
+
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -61,6 +66,25 @@ def reactor_thread_runner(reactor):
     def run(fn, *args):
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
     return run
+
+
+class _MailHousekeeping(service.Service):
+    """At daemon start (never in ktmail-admin, which may run beside it):
+    remove stale tmp/ files of every Maildir and spool files of earlier
+    runs, in the background."""
+
+    def __init__(self, core):
+        self.core = core
+
+    def startService(self):
+        service.Service.startService(self)
+        for what, clean in (("stale Maildir tmp/ files", self.core.mail.clean_stale_files),
+                            ("stale spool files", self.core.delivery.clean_spool)):
+            d = clean()
+            d.addCallback(lambda n, what=what: n and log.info(
+                "removed {n} {what}", n=n, what=what))
+            d.addErrback(lambda f, what=what: log.failure(
+                "removing {what} failed", f, what=what))
 
 
 class _DatabaseService(service.Service):
@@ -90,8 +114,13 @@ class Core:
     queue_store: object = None
     dkim_keys: object = None
     spam_stats: object = None
+    #: services.spam.SpamFilter
     spam: object = None
-    #: jobs with name / run_once(dry_run) / service(): Spam expiry, inactivity
+    #: services.mailboxes.MailboxService (IMAP, POP3, webmail)
+    mailboxes: object = None
+    #: services.delivery.DeliveryService (SMTP, outbound DSNs, webmail, lifecycle)
+    delivery: object = None
+    #: jobs with name / run_once(dry_run): Spam expiry, inactivity
     retention_jobs: list = attrs.Factory(list)
 
 
@@ -103,7 +132,7 @@ def build_core(config, reactor, resolver=None):
     run_in_thread = reactor_thread_runner(reactor)
     db = Database(os.path.join(config.data_dir, "ktmail.db"), ThreadRunner(reactor))
     store = SQLiteStore(db)
-    mail = MaildirStore(config.data_dir, run_in_thread)
+    mail = MaildirStore(config.data_dir, reactor, run_in_thread)
     hasher = PasswordHasher(run_in_thread)
     throttle = LoginThrottle(store, reactor)
     auth = AuthService(store, hasher, throttle, reactor)
@@ -112,15 +141,24 @@ def build_core(config, reactor, resolver=None):
     spam_stats = SQLiteSpamStatsStore(db)
     spam = SpamFilter(config.spam, spam_stats, run_in_thread, reactor, resolver=resolver,
                       hostname=config.hostname)
+    mailboxes = MailboxService(mail, spam, config.limits, reactor)
+    delivery = DeliveryService(store, mailboxes, spam, config.limits, config.domains, reactor,
+                               os.path.join(config.data_dir, "spool"), run_in_thread)
+    # sessions of a removed mailbox lose their folders with it
+    accounts.removal_hooks.append(mailboxes.close_mailbox)
     accounts.removal_hooks.append(spam.forget_mailbox)
-    retention_jobs = []
-    if IFolderExpiry.providedBy(mail):
-        retention_jobs.append(SpamExpiryJob(store, mail, config.limits, reactor, audit=store))
+    retention_jobs = [
+        SpamExpiryJob(store, mailboxes, config.limits, reactor, audit=store),
+        InactivityJob(accounts, delivery.deliver_notice, reactor,
+                      InactivityPolicy(delete_after_days=config.limits.inactive_delete_days),
+                      config.hostname),
+    ]
     return Core(config=config, reactor=reactor, db=db, store=store, mail=mail, hasher=hasher,
                 throttle=throttle, auth=auth, accounts=accounts, spam_stats=spam_stats,
                 spam=spam, retention_jobs=retention_jobs,
                 queue_store=DiskQueueStore(config.data_dir, run_in_thread),
-                dkim_keys=DiskDkimKeyStore(config.data_dir, run_in_thread))
+                dkim_keys=DiskDkimKeyStore(config.data_dir, run_in_thread),
+                mailboxes=mailboxes, delivery=delivery)
 
 
 def _local_delivery_unavailable(recipient, message_file):
@@ -170,8 +208,12 @@ def makeService(options):
         job.service().setServiceParent(top)
     core.spam.pruning_service().setServiceParent(top)
     tls_context = tls.server_context(config.tls) if config.tls else None
+    _MailHousekeeping(core).setServiceParent(top)
+    # changes made by ktmail-admin or other Maildir tools reach open sessions
+    internet.TimerService(5, core.mailboxes.refresh_all).setServiceParent(top)
     # build_outbound(...)[0].enqueue is what submission and webmail hand remote mail to
-    _, outbound_scheduler = build_outbound(core, reactor)
+    _, outbound_scheduler = build_outbound(core, reactor,
+                                           deliver_local=core.delivery.deliver_local)
     outbound_scheduler.setServiceParent(top)
 
     if config.listen.web:

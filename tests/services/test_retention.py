@@ -1,9 +1,9 @@
 """The 60-day Spam expiry: the pure selector and the job on a task.Clock."""
 
+import collections
+
 from twisted.internet import defer, task
 from twisted.trial import unittest
-from zope.interface import implementer
-from zope.interface.verify import verifyObject
 
 from ktmail.config import Limits
 from ktmail.model import SPAM_FOLDER, Address
@@ -14,13 +14,15 @@ from ktmail.services.retention import (
     run_all,
     spam_to_expire,
 )
-from ktmail.store import IFolderExpiry
 from ktmail.store.memory import MemoryStore
 
 
-@implementer(IFolderExpiry)
+Saved = collections.namedtuple("Saved", "uid saved_at")
+
+
 class FakeFolders:
-    """IFolderExpiry over dicts: {(mailbox_id, folder): {uid: arrived}}."""
+    """The mailboxes service's expiry calls over dicts:
+    {(mailbox_id, folder): {uid: arrived}}."""
 
     def __init__(self):
         self.messages = {}
@@ -30,16 +32,16 @@ class FakeFolders:
     def put(self, mailbox_id, folder, uid, arrived):
         self.messages.setdefault((mailbox_id, folder), {})[uid] = arrived
 
-    def messages_before(self, mailbox_id, folder, before):
-        if mailbox_id in self.failing:
+    def messages_saved_before(self, mailbox, folder, before):
+        if mailbox.id in self.failing:
             return defer.fail(OSError("maildir unreadable"))
-        found = self.messages.get((mailbox_id, folder), {})
-        return defer.succeed([(uid, at) for uid, at in found.items() if at < before])
+        found = self.messages.get((mailbox.id, folder), {})
+        return defer.succeed([Saved(uid, at) for uid, at in found.items() if at < before])
 
-    def expunge(self, mailbox_id, folder, uids):
-        found = self.messages.get((mailbox_id, folder), {})
+    def expunge(self, mailbox, folder, uids):
+        found = self.messages.get((mailbox.id, folder), {})
         gone = [uid for uid in uids if found.pop(uid, None) is not None]
-        self.expunged.append((mailbox_id, folder, tuple(gone)))
+        self.expunged.append((mailbox.id, folder, tuple(gone)))
         return defer.succeed(len(gone))
 
 
@@ -79,10 +81,6 @@ class ExpiryJobTests(unittest.TestCase):
         customer = self.successResultOf(self.accounts.add_customer("asiakas", "h", 0))
         self.box = self.successResultOf(self.accounts.add_mailbox(
             customer.id, "matti", Address("matti", "sboksi.fi"), "h", 10**9, 0, 5))
-
-    def test_fake_provides_interface(self):
-        """The fake implements the interface the real store must provide."""
-        self.assertTrue(verifyObject(IFolderExpiry, self.folders))
 
     def test_deletes_old_spam_only(self):
         """Spam older than 60 days goes; newer Spam and old INBOX mail stay."""
@@ -149,7 +147,7 @@ class ExpiryJobTests(unittest.TestCase):
     def test_runs_do_not_overlap(self):
         """A turn that starts while the previous run is still working is skipped."""
         slow = defer.Deferred()
-        self.folders.messages_before = lambda *a: slow
+        self.folders.messages_saved_before = lambda *a: slow
         first = self.job.run_once()
         self.assertEqual(self.successResultOf(self.job.run_once()), [])
         slow.callback([])
