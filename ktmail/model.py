@@ -4,7 +4,9 @@ Nothing here does I/O. Parsing functions raise ``ktmail.errors.ValidationError``
 with a one-line text a person can act on.
 """
 
+import base64
 import re
+import typing
 
 import attrs
 
@@ -139,6 +141,8 @@ class SpamVerdict:
     score: float
     required: float
     hits: tuple = ()
+    #: RFC 8601 Authentication-Results: value when SPF/DKIM/DMARC were checked
+    authentication_results: str = ""
 
     def header_value(self):
         """The value of ``X-Spam-Status:`` (SpamAssassin's layout)."""
@@ -146,9 +150,296 @@ class SpamVerdict:
         return (f"{'Yes' if self.is_spam else 'No'}, score={self.score:.1f} "
                 f"required={self.required:.1f} tests={tests}")
 
+    def header_lines(self):
+        """[(name, value)] of the headers a delivery prepends, values folded
+        (CRLF + TAB) to stay near 78 columns (RFC 5322 §2.2.3)."""
+        status = self.header_value()
+        head, _, tests = status.partition(" tests=")
+        folded, line = [], ""
+        for name in tests.split(","):
+            if line and len(line) + len(name) > 60:
+                folded.append(line + ",")
+                line = ""
+            line = f"{line},{name}" if line else name
+        folded.append(line)
+        lines = [("X-Spam-Status", f"{head}\r\n\ttests=" + "\r\n\t".join(folded)),
+                 ("X-Spam-Score", f"{self.score:.1f}")]
+        if self.authentication_results:
+            lines.append(("Authentication-Results", self.authentication_results))
+        return lines
+
 
 #: The verdict used where no filter runs (authenticated local senders).
 NOT_SCANNED = SpamVerdict(is_spam=False, score=0.0, required=0.0, hits=())
+
+
+# --- folder names ---------------------------------------------------------------------
+
+#: INBOX is case-insensitive (RFC 3501 §5.1) and always spelled like this
+INBOX = "INBOX"
+#: the hierarchy separator clients see: "Kvitton/Försäkring"
+SEPARATOR = "/"
+#: the longest folder name in modified UTF-7 (it becomes one directory name)
+MAX_FOLDER_NAME_BYTES = 200
+MAX_FOLDER_DEPTH = 16
+
+_FORBIDDEN_IN_FOLDER = re.compile(r"[\x00-\x1f\x7f-\x9f*%.\\]")
+
+
+def encode_mutf7(text):
+    """IMAP modified UTF-7 (RFC 3501 §5.1.3) of ``text``."""
+    out = []
+    pending = []
+
+    def flush():
+        if pending:
+            raw = "".join(pending).encode("utf-16-be", "surrogatepass")
+            out.append("&" + base64.b64encode(raw).decode("ascii").rstrip("=")
+                       .replace("/", ",") + "-")
+            pending.clear()
+
+    for char in text:
+        if "\x20" <= char <= "\x7e":
+            flush()
+            out.append("&-" if char == "&" else char)
+        else:
+            pending.append(char)
+    flush()
+    return "".join(out)
+
+
+_MUTF7_SHIFT = re.compile(r"&([A-Za-z0-9+,]*)-")
+
+
+def decode_mutf7(text):
+    """Decode IMAP modified UTF-7; ValueError unless ``text`` is the canonical
+    encoding of what it decodes to (so that names round-trip exactly)."""
+    if any(not "\x20" <= c <= "\x7e" for c in text):
+        raise ValueError("modified UTF-7 is printable ASCII")
+    out = []
+    pos = 0
+    while pos < len(text):
+        amp = text.find("&", pos)
+        if amp < 0:
+            out.append(text[pos:])
+            break
+        out.append(text[pos:amp])
+        m = _MUTF7_SHIFT.match(text, amp)
+        if not m:
+            raise ValueError("unterminated '&' shift")
+        if not m.group(1):
+            out.append("&")
+        else:
+            b64 = m.group(1).replace(",", "/")
+            raw = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
+            out.append(raw.decode("utf-16-be"))
+        pos = m.end()
+    decoded = "".join(out)
+    if encode_mutf7(decoded) != text:
+        raise ValueError("not the canonical modified UTF-7 form")
+    return decoded
+
+
+def normalize_folder_name(name):
+    """Check a folder name from a client and return its canonical form.
+
+    Raises ValidationError (one line, saying what to change) for: empty
+    names, a leading or trailing ``/``, an empty level (``A//B``), levels
+    ``.``/``..`` or any ``.`` in a level, NUL and control characters,
+    ``*`` and ``%`` (IMAP LIST wildcards), ``\\``, levels with leading or
+    trailing spaces, more than MAX_FOLDER_DEPTH levels, or a name too long to be a
+    directory.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValidationError("The folder name is empty; give the folder a name.")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("The folder name is not valid text.") from None
+    if name.startswith(SEPARATOR) or name.endswith(SEPARATOR):
+        raise ValidationError("A folder name cannot begin or end with '/'.")
+    parts = name.split(SEPARATOR)
+    if len(parts) > MAX_FOLDER_DEPTH:
+        raise ValidationError(
+            f"Folders can be nested at most {MAX_FOLDER_DEPTH} levels deep.")
+    for part in parts:
+        if not part:
+            raise ValidationError("A folder name cannot contain '//' (an empty level).")
+        bad = _FORBIDDEN_IN_FOLDER.search(part)
+        if bad:
+            char = bad.group()
+            shown = repr(char) if char in ".*%\\" else "control characters"
+            raise ValidationError(f"A folder name cannot contain {shown}; choose another name.")
+        if part != part.strip():
+            raise ValidationError("A folder name cannot begin or end with a space.")
+    if parts[0].upper() == INBOX:
+        parts[0] = INBOX
+    canonical = SEPARATOR.join(parts)
+    if len(encode_mutf7(canonical)) > MAX_FOLDER_NAME_BYTES:
+        raise ValidationError("The folder name is too long; choose a shorter one.")
+    return canonical
+
+
+def parent_names(name):
+    """``A/B/C`` -> ``['A', 'A/B']``: the superior levels of a folder."""
+    parts = name.split(SEPARATOR)
+    return [SEPARATOR.join(parts[:i]) for i in range(1, len(parts))]
+
+
+def is_below(name, ancestor):
+    """Is ``name`` a subfolder (at any depth) of ``ancestor``?"""
+    return name.startswith(ancestor + SEPARATOR)
+
+
+# --- mail store values ----------------------------------------------------------------
+
+#: IMAP system flags a message can carry (RFC 3501 §2.3.2); ``\Recent`` is
+#: session state and is reported through ``MessageInfo.recent`` instead.
+SYSTEM_FLAGS = ("\\Answered", "\\Deleted", "\\Draft", "\\Flagged", "\\Seen")
+SEEN = "\\Seen"
+DELETED = "\\Deleted"
+
+#: ``mode`` values of IMailStore.set_flags (IMAP +FLAGS, -FLAGS, FLAGS)
+FLAGS_ADD = "add"
+FLAGS_REMOVE = "remove"
+FLAGS_REPLACE = "replace"
+
+
+class MessageInfo(typing.NamedTuple):
+    """What the index knows about one message of one folder; never opens the file.
+
+    ``key`` is the Maildir base name (before ``:2,``): stable while the
+    message stays in its folder, whatever its flags (POP3 UIDL uses it).
+    ``flags`` holds system flags (``\\Seen`` ...) and keywords, never
+    ``\\Recent``. ``size`` is the exact size of the stored (CRLF) file:
+    RFC822.SIZE. ``internal_date`` is the IMAP INTERNALDATE, ``saved_at``
+    when the message arrived in *this* folder (Spam expiry), both POSIX
+    seconds. ``modseq`` is the RFC 7162 mod-sequence of its last change.
+
+    A NamedTuple rather than an attrs class because a folder of 100,000
+    messages builds 100,000 of them on every load (7 times cheaper); it is
+    just as immutable. Use ``info._replace(...)`` to derive a changed one.
+    """
+
+    uid: int
+    key: str
+    flags: frozenset
+    size: int
+    internal_date: float
+    saved_at: float
+    modseq: int
+    recent: bool = False
+
+    @property
+    def seen(self):
+        return SEEN in self.flags
+
+    @property
+    def deleted(self):
+        return DELETED in self.flags
+
+
+@attrs.frozen
+class FolderStatus:
+    """The figures of RFC 3501 STATUS / SELECT (plus RFC 8438 SIZE and
+    RFC 7162 HIGHESTMODSEQ) of one folder."""
+
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    messages: int
+    recent: int
+    unseen: int
+    size: int
+
+
+@attrs.frozen
+class FolderInfo:
+    """One folder in a listing. ``special_use`` is e.g. ``\\Junk`` or None;
+    ``has_children`` tells whether some other folder is below it."""
+
+    name: str
+    subscribed: bool
+    special_use: str | None = None
+    has_children: bool = False
+
+
+@attrs.frozen
+class FolderSnapshot:
+    """A folder as loaded: its status and every message ordered by UID."""
+
+    status: FolderStatus
+    messages: tuple
+
+
+@attrs.frozen
+class StoredMessage:
+    """The result of adding one message (APPENDUID needs ``uidvalidity``)."""
+
+    folder: str
+    uidvalidity: int
+    info: MessageInfo
+
+
+@attrs.frozen
+class FlagChanges:
+    """The result of set_flags: ``changed`` are the new infos (new modseq) of
+    the messages whose flags changed; ``modified`` the UIDs refused because
+    their modseq was above UNCHANGEDSINCE (RFC 7162 §3.1.3);
+    ``highestmodseq`` the folder's value afterwards."""
+
+    changed: tuple
+    modified: tuple
+    highestmodseq: int
+
+
+@attrs.frozen
+class Expunged:
+    """The result of expunging: the UIDs really removed (ascending) and the
+    folder's highestmodseq afterwards."""
+
+    uids: tuple
+    highestmodseq: int
+
+
+@attrs.frozen
+class CopyResult:
+    """The result of copy_messages / move_messages (RFC 4315 COPYUID).
+
+    ``uid_map`` pairs (source UID, destination UID) in source order; UIDs
+    that no longer existed are left out. ``added`` are the destination
+    infos. For a move, ``source_highestmodseq`` is the source folder's
+    value after the removal (None for a copy).
+    """
+
+    uidvalidity: int
+    uid_map: tuple
+    added: tuple
+    source_highestmodseq: int | None = None
+
+
+@attrs.frozen
+class FolderChanges:
+    """What changed in a folder after a given modseq: ``changed`` infos
+    (new or re-flagged, ascending UID) and ``vanished`` UIDs (RFC 7162
+    QRESYNC), with the folder's UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ at
+    the time of the answer (no message counts: this is asked often, and
+    counting a big folder is not free)."""
+
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    changed: tuple
+    vanished: tuple
+
+
+@attrs.frozen
+class MailUsage:
+    """Quota usage of a mailbox: all folders together."""
+
+    bytes: int
+    messages: int
 
 
 # --- the outbound queue (SPEC §5) -------------------------------------------------

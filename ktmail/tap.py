@@ -19,20 +19,26 @@ from twisted.python import usage
 
 from ktmail import errors, tls
 from ktmail.config import ConfigError, load_config
+from ktmail.errors import ValidationError
 from ktmail.protocols.reverse_dns import ReverseDNS
 from ktmail.protocols.smtp import InboundSMTPFactory, SubmissionSMTPFactory
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
 from ktmail.services.bounces import AfterDataBounces
+from ktmail.services.delivery import DeliveryService
 from ktmail.services.dkim import DkimSigner
+from ktmail.services.mailboxes import MailboxService
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
+from ktmail.services.retention import InactivityJob, InactivityPolicy, SpamExpiryJob
 from ktmail.services.routing import MXRouter
+from ktmail.services.spam import SpamFilter, check_rule_names
+from ktmail.services.spam.auth import TwistedNamesResolver
 from ktmail.services.submission import SubmissionService
 from ktmail.store.dkimkeys import DiskDkimKeyStore
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.queue import DiskQueueStore
-from ktmail.store.sqlite import Database, SQLiteStore, ThreadRunner
+from ktmail.store.sqlite import Database, SQLiteSpamStatsStore, SQLiteStore, ThreadRunner
 from ktmail.web.app import build_root, make_site
 from ktmail.web.sessions import MAILBOX
 
@@ -48,9 +54,13 @@ class Options(usage.Options):
     def postOptions(self):
         try:
             self["loaded"] = load_config(self["config"])
+            check_rule_names(self["loaded"].spam.score_overrides())
         except ConfigError as e:
             # one line per problem, no usage text: the operator needs the key
             sys.stderr.write(e.summary() + "\n")
+            raise SystemExit(1)
+        except ValidationError as e:
+            sys.stderr.write(f"{self['config']}: {e.text}\n")
             raise SystemExit(1)
 
 
@@ -59,6 +69,25 @@ def reactor_thread_runner(reactor):
     def run(fn, *args):
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
     return run
+
+
+class _MailHousekeeping(service.Service):
+    """At daemon start (never in ktmail-admin, which may run beside it):
+    remove stale tmp/ files of every Maildir and spool files of earlier
+    runs, in the background."""
+
+    def __init__(self, core):
+        self.core = core
+
+    def startService(self):
+        service.Service.startService(self)
+        for what, clean in (("stale Maildir tmp/ files", self.core.mail.clean_stale_files),
+                            ("stale spool files", self.core.delivery.clean_spool)):
+            d = clean()
+            d.addCallback(lambda n, what=what: n and log.info(
+                "removed {n} {what}", n=n, what=what))
+            d.addErrback(lambda f, what=what: log.failure(
+                "removing {what} failed", f, what=what))
 
 
 class _DatabaseService(service.Service):
@@ -87,24 +116,52 @@ class Core:
     accounts: object
     queue_store: object = None
     dkim_keys: object = None
+    spam_stats: object = None
+    #: services.spam.SpamFilter
+    spam: object = None
+    #: services.mailboxes.MailboxService (IMAP, POP3, webmail)
+    mailboxes: object = None
+    #: services.delivery.DeliveryService (SMTP, outbound DSNs, webmail, lifecycle)
+    delivery: object = None
+    #: jobs with name / run_once(dry_run): Spam expiry, inactivity
+    retention_jobs: list = attrs.Factory(list)
 
 
-def build_core(config, reactor):
-    """Stores and services, wired; shared by the daemon and ktmail-admin."""
+def build_core(config, reactor, resolver=None):
+    """Stores and services, wired; shared by the daemon and ktmail-admin.
+    ``resolver``: the spam filter's DNS (auth.DNSResolver), None: no
+    SPF/DKIM/DMARC checks (ktmail-admin)."""
     os.makedirs(config.data_dir, exist_ok=True)
     run_in_thread = reactor_thread_runner(reactor)
     db = Database(os.path.join(config.data_dir, "ktmail.db"), ThreadRunner(reactor))
     store = SQLiteStore(db)
-    mail = MaildirStore(config.data_dir, run_in_thread)
+    mail = MaildirStore(config.data_dir, reactor, run_in_thread)
     hasher = PasswordHasher(run_in_thread)
     throttle = LoginThrottle(store, reactor)
     auth = AuthService(store, hasher, throttle, reactor)
     accounts = AccountService(store, mail, store, hasher, config.domains, config.limits,
                               reactor)
+    spam_stats = SQLiteSpamStatsStore(db)
+    spam = SpamFilter(config.spam, spam_stats, run_in_thread, reactor, resolver=resolver,
+                      hostname=config.hostname)
+    mailboxes = MailboxService(mail, spam, config.limits, reactor)
+    delivery = DeliveryService(store, mailboxes, spam, config.limits, config.domains, reactor,
+                               os.path.join(config.data_dir, "spool"), run_in_thread)
+    # sessions of a removed mailbox lose their folders with it
+    accounts.removal_hooks.append(mailboxes.close_mailbox)
+    accounts.removal_hooks.append(spam.forget_mailbox)
+    retention_jobs = [
+        SpamExpiryJob(store, mailboxes, config.limits, reactor, audit=store),
+        InactivityJob(accounts, delivery.deliver_notice, reactor,
+                      InactivityPolicy(delete_after_days=config.limits.inactive_delete_days),
+                      config.hostname),
+    ]
     return Core(config=config, reactor=reactor, db=db, store=store, mail=mail, hasher=hasher,
-                throttle=throttle, auth=auth, accounts=accounts,
+                throttle=throttle, auth=auth, accounts=accounts, spam_stats=spam_stats,
+                spam=spam, retention_jobs=retention_jobs,
                 queue_store=DiskQueueStore(config.data_dir, run_in_thread),
-                dkim_keys=DiskDkimKeyStore(config.data_dir, run_in_thread))
+                dkim_keys=DiskDkimKeyStore(config.data_dir, run_in_thread),
+                mailboxes=mailboxes, delivery=delivery)
 
 
 def _local_delivery_unavailable(recipient, message_file):
@@ -141,20 +198,6 @@ def listen(parent, reactor, config, name, factory, tls_context=None):
     return svc
 
 
-class _NoDeliveryService:
-    """Stands in while no delivery service is wired: every recipient is
-    refused temporarily, so the SMTP listeners run but accept nothing."""
-
-    def new_spool(self):
-        raise errors.StoreUnavailable()
-
-    def check_recipient(self, address):
-        return defer.fail(errors.StoreUnavailable())
-
-    def deliver(self, envelope, spool, scan_spam=True):
-        return defer.fail(errors.StoreUnavailable())
-
-
 def reverse_dns(reactor):
     """Forward-confirmed reverse DNS for Received: fields, with short
     timeouts; None when no name server is configured."""
@@ -169,10 +212,7 @@ def listen_smtp(parent, reactor, config, core, tls_context, outbound):
     """The MX (``smtp``, STARTTLS with the configured certificate) and the
     submission (``submission``, implicit TLS; remote recipients go to the
     ``outbound`` queue) listeners."""
-    delivery = getattr(core, "delivery", None)
-    if delivery is None:
-        log.error("no delivery service: the SMTP listeners refuse every recipient (451)")
-        delivery = _NoDeliveryService()
+    delivery = core.delivery
     common = dict(hostname=config.hostname, clock=reactor, delivery=delivery,
                   max_message_bytes=config.limits.max_message_bytes,
                   reverse_dns=reverse_dns(reactor), postmaster_domain=config.domains[0],
@@ -195,12 +235,21 @@ def makeService(options):
     from twisted.internet import reactor
 
     config = options["loaded"]
-    core = build_core(config, reactor)
+    # hosts file + cache + the resolvers of /etc/resolv.conf, on the global reactor
+    resolver = TwistedNamesResolver(dns_client.createResolver())
+    core = build_core(config, reactor, resolver=resolver)
     top = service.MultiService()
     _DatabaseService(core.db).setServiceParent(top)
+    for job in core.retention_jobs:
+        job.service().setServiceParent(top)
+    core.spam.pruning_service().setServiceParent(top)
     tls_context = tls.server_context(config.tls) if config.tls else None
+    _MailHousekeeping(core).setServiceParent(top)
+    # changes made by ktmail-admin or other Maildir tools reach open sessions
+    internet.TimerService(5, core.mailboxes.refresh_all).setServiceParent(top)
     # build_outbound(...)[0].enqueue is what submission and webmail hand remote mail to
-    outbound_queue, outbound_scheduler = build_outbound(core, reactor)
+    outbound_queue, outbound_scheduler = build_outbound(
+        core, reactor, deliver_local=core.delivery.deliver_local)
     outbound_scheduler.setServiceParent(top)
 
     if config.listen.web:
