@@ -1,12 +1,13 @@
 """SMTP load generator and memory check for the ktmail listeners.
 
-    python -m bench.smtp_load                    # ktmail MX -> Maildir, then smtp-sink
-    python -m bench.smtp_load --seconds 5 --concurrency 1,10,50
-    python -m bench.smtp_load --rss              # a 50 MiB message through 25 and 465
+    python -m bench.smtp_bench                   # load (ktmail, then smtp-sink), then memory
+    python -m bench.smtp_bench --load --seconds 5 --concurrency 1,10,50
+    python -m bench.smtp_bench --rss             # only: a 50 MiB message through 25 and 465
 
 Load: N concurrent senders, each on its own connection, send messages in a
 loop (MAIL, RCPT, DATA pipelined as RFC 2920 allows, then the body) for a
-fixed time; the size mix is 70% 4 KiB, 25% 64 KiB, 5% 1 MiB. Printed per
+fixed time, to the MX (spam-scanned) and to submission (TLS, AUTH once per
+connection, local recipients: not scanned); the size mix is 70% 4 KiB, 25% 64 KiB, 5% 1 MiB. Printed per
 concurrency level: messages/second accepted (250 after DATA, i.e. fsynced
 into a Maildir for ktmail) and p50/p99 latency from MAIL to that 250. The
 same load then runs against Postfix's ``smtp-sink`` (which discards every
@@ -44,9 +45,9 @@ SIZE_MIX = ((0.70, 4 * 1024), (0.25, 64 * 1024), (0.05, 1024 * 1024))
 RECIPIENTS = [(f"bench{i}_u", f"bench{i}@brev.fi") for i in range(5)]
 
 
-def body(size, subject="bench"):
+def body(size, subject="bench", sender="sender@example.org"):
     """A CRLF message of about ``size`` bytes, already dot-stuffed."""
-    head = (f"From: sender@example.org\r\nTo: bench@brev.fi\r\nSubject: {subject}\r\n"
+    head = (f"From: {sender}\r\nTo: bench@brev.fi\r\nSubject: {subject}\r\n"
             f"Message-ID: <{random.getrandbits(64):x}@bench.example>\r\n"
             "Date: Fri, 27 Nov 2026 10:00:00 +0200\r\n\r\n").encode()
     line = b"The quick brown fox jumps over the lazy dog. 0123456789 abcdefghij .\r\n"
@@ -108,7 +109,8 @@ def percentile(values, p):
 
 
 def run_load(port, concurrency, seconds, recipients, **kwargs):
-    bodies = [body(size) for _, size in SIZE_MIX]
+    bodies = [body(size, sender=kwargs.get("mail_from", "sender@example.org"))
+              for _, size in SIZE_MIX]
     latencies, errors = [], []
 
     async def main():
@@ -129,7 +131,8 @@ def report(name, concurrency, result):
 
 
 def ktmail_daemon(root, listeners=("smtp",)):
-    daemon = KtmailDaemon(root, listeners)
+    # no hourly sending limit in the way of the submission load
+    daemon = KtmailDaemon(root, listeners, {"smtp_recipients_per_hour": 10**9})
     daemon.start()
     daemon.add_mailboxes(RECIPIENTS[:5])
     return daemon
@@ -282,21 +285,30 @@ def main(argv=None):
     parser.add_argument("--concurrency", default="1,10,50")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rss", action="store_true", help="only the 50 MiB memory check")
+    parser.add_argument("--load", action="store_true", help="only the load runs")
     parser.add_argument("--no-sink", action="store_true", help="skip smtp-sink")
     args = parser.parse_args(argv)
     print(machine(), flush=True)
     root = tempfile.mkdtemp(prefix="ktmail-bench-")
     try:
-        if args.rss:
+        if not args.load:
             rss_check(os.path.join(root, "rss"))
+        if args.rss:
             return 0
         levels = [int(n) for n in args.concurrency.split(",")]
-        daemon = ktmail_daemon(os.path.join(root, "load"))
+        daemon = ktmail_daemon(os.path.join(root, "load"), ("smtp", "submission"))
+        tls = ssl.create_default_context(cafile=daemon.cert)
         try:
             for n in levels:
                 report("ktmail MX -> Maildir", n,
                        run_load(daemon.ports["smtp"], n, args.seconds,
                                 [a for _, a in RECIPIENTS]))
+            for n in levels:
+                report("ktmail 465 -> Maildir", n,
+                       run_load(daemon.ports["submission"], n, args.seconds,
+                                [a for _, a in RECIPIENTS], tls=tls,
+                                auth=f"\0bench0_u\0{PASSWORD}".encode(),
+                                mail_from="bench0@brev.fi"))
         finally:
             daemon.stop()
         if not args.no_sink:
