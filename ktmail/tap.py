@@ -18,10 +18,12 @@ from twisted.python import usage
 
 from ktmail import errors, tls
 from ktmail.config import ConfigError, load_config
+from ktmail.protocols.pop3 import POP3Factory
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
 from ktmail.services.dkim import DkimSigner
+from ktmail.services.maildrop import MaildropService, StoreInbox
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
 from ktmail.services.routing import MXRouter
 from ktmail.store.dkimkeys import DiskDkimKeyStore
@@ -155,4 +157,9 @@ def makeService(options):
             lambda mailbox: sessions.destroy_account(MAILBOX, mailbox.username))
         internet.TimerService(300, sessions.sweep).setServiceParent(top)
         listen(top, reactor, config, "web", make_site(web, config.limits), tls_context)
+
+    if config.listen.pop3:
+        maildrops = MaildropService(StoreInbox(core.mail))
+        listen(top, reactor, config, "pop3",
+               POP3Factory(core.auth, maildrops, reactor, config.hostname), tls_context)
     return top
