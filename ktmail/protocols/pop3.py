@@ -234,7 +234,7 @@ class _Streamer:
             data = next(self._chunks)
         except StopIteration:
             self._finish(None)
-        except Exception:
+        except Exception:  # noqa: BLE001 - handed on to the command's errback
             self._finish(Failure())
         else:
             self._consumer.write(data)
@@ -285,7 +285,8 @@ class POP3Server(pop3.POP3):
 
     def __init__(self, factory):
         self.factory = factory
-        self.timeOut = factory.idle_timeout
+        # (TimeoutMixin.setTimeout overwrites self.timeOut: keep our own)
+        self._idle_timeout = factory.idle_timeout
         # TimeoutMixin schedules with self.callLater: the injected clock
         self.callLater = factory.clock.callLater
         self._buffer = b""
@@ -307,7 +308,7 @@ class POP3Server(pop3.POP3):
     def connectionMade(self):
         # RFC 1939 §4; no <timestamp>: APOP is not offered
         self.successResponse(f"{self.factory.hostname} ktmail POP3 server ready.")
-        self.setTimeout(self.timeOut)
+        self.setTimeout(self._idle_timeout)
 
     def connectionLost(self, reason):
         self._lost = True
@@ -316,6 +317,10 @@ class POP3Server(pop3.POP3):
         if self._maildrop is not None and not self._committing:
             # RFC 1939 §6: no QUIT, no UPDATE state: nothing is removed
             self._maildrop.close()
+
+    def successResponse(self, message=""):
+        self.transport.write(b"+OK " + message.encode("utf-8") + b"\r\n" if message
+                             else b"+OK\r\n")
 
     def timeoutConnection(self):
         # RFC 1939 §3: the autologout timer (at least 10 minutes) ends the
@@ -399,7 +404,7 @@ class POP3Server(pop3.POP3):
         except errors.KtmailError as e:
             self.failResponse(pop3_error_text(e))
             return
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged, generic reply, the session goes on
             self._unexpected(Failure())
             return
         self._bad_commands = 0
@@ -435,7 +440,7 @@ class POP3Server(pop3.POP3):
         self._working = False
         if self._lost or self._closing:
             return
-        self.setTimeout(self.timeOut)
+        self.setTimeout(self._idle_timeout)
         while self._queue and not self._working and not self._closing:
             self._handle(self._queue.popleft())
         if self._paused and len(self._queue) < self.MAX_QUEUED_LINES // 2:
