@@ -25,7 +25,7 @@ from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
 from ktmail.services.delivery import DeliveryService, GtubeSpamFilter
 from ktmail.services.dkim import DkimSigner
-from ktmail.services.maildrop import MaildropService, StoreInbox
+from ktmail.services.maildrop import MaildropService
 from ktmail.services.mailboxes import MailboxService
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
 from ktmail.services.routing import MXRouter
@@ -202,7 +202,7 @@ def makeService(options):
         listen(top, reactor, config, "web", make_site(web, config.limits), tls_context)
 
     if config.listen.pop3:
-        maildrops = MaildropService(StoreInbox(core.mail))
+        maildrops = MaildropService(core.mailboxes)
         listen(top, reactor, config, "pop3",
                POP3Factory(core.auth, maildrops, reactor, config.hostname), tls_context)
     return top

@@ -5,7 +5,10 @@ Owns: the per-mailbox POP3 lock (in this process: one POP3 session per
 mailbox at a time, RFC 1939 §8), a session's snapshot of INBOX (message
 numbers, sizes, unique-ids), its deletion marks, the ``\\Seen`` marks of
 what it retrieved, and the UPDATE state (RFC 1939 §6) that applies the
-deletions. POP3 sees INBOX only (SPEC §1).
+deletions. POP3 sees INBOX only (SPEC §1). It works on the shared live
+INBOX of ``services.mailboxes``, so that the ``\\Seen`` flags it sets and
+the messages it removes reach IMAP sessions (IDLE ones too) and webmail at
+once; it does not listen to that folder: its snapshot stays as it was.
 
 Invariants:
 - the numbering is fixed at login: message n is the n-th INBOX message by
@@ -59,39 +62,14 @@ def uidl_for_key(key):
 
 
 @attrs.define
-class StoreInbox:
-    """The INBOX operations a maildrop needs, straight over an IMailStore.
-
-    ``load(mailbox_id)`` -> FolderSnapshot, ``status(mailbox_id)`` ->
-    FolderStatus, ``open_message(mailbox_id, uid)`` -> binary file,
-    ``add_seen(mailbox_id, uids)``, ``expunge(mailbox_id, uids)`` ->
-    Expunged; all Deferreds. A shared live-folder service that tells open
-    IMAP sessions about flag changes and expunges offers the same five
-    methods (``services.mailboxes``)."""
-
-    store: object  # IMailStore
-
-    def load(self, mailbox_id):
-        return self.store.open_folder(mailbox_id, INBOX)
-
-    def status(self, mailbox_id):
-        return self.store.folder_status(mailbox_id, INBOX)
-
-    def open_message(self, mailbox_id, uid):
-        return self.store.open_message(mailbox_id, INBOX, uid)
-
-    def add_seen(self, mailbox_id, uids):
-        return self.store.set_flags(mailbox_id, INBOX, uids, {SEEN}, FLAGS_ADD)
-
-    def expunge(self, mailbox_id, uids):
-        return self.store.expunge(mailbox_id, INBOX, uids)
-
-
-@attrs.define
 class MaildropService:
-    """Opens maildrops and holds the per-mailbox POP3 lock (one per daemon)."""
+    """Opens maildrops and holds the per-mailbox POP3 lock (one per daemon).
 
-    inbox: object  # StoreInbox or the mailboxes service's INBOX view
+    ``mailboxes`` is the services.mailboxes.MailboxService: a maildrop uses
+    the shared live INBOX, so that its ``\\Seen`` marks and its removals
+    reach IMAP sessions (IDLE ones too) and webmail at once."""
+
+    mailboxes: object
     #: mailbox id -> the Maildrop holding its lock (None while it loads)
     _holders: dict = attrs.field(factory=dict, init=False)
 
@@ -100,7 +78,7 @@ class MaildropService:
 
     @deferred
     async def open(self, mailbox):
-        """Lock the mailbox and load its INBOX -> Maildrop.
+        """Lock the mailbox and take the snapshot of its INBOX -> Maildrop.
 
         Raises MailboxInUse when another POP3 session holds it (RFC 2449
         §8.1.1 [IN-USE])."""
@@ -109,11 +87,11 @@ class MaildropService:
         # taken before the first await: two logins racing cannot both load
         self._holders[mailbox.id] = None
         try:
-            snapshot = await self.inbox.load(mailbox.id)
+            folder = await self.mailboxes.open_folder(mailbox, INBOX)
         except BaseException:
             del self._holders[mailbox.id]
             raise
-        drop = Maildrop(self, mailbox, snapshot.status.uidvalidity, snapshot.messages)
+        drop = Maildrop(self, mailbox, folder)
         self._holders[mailbox.id] = drop
         return drop
 
@@ -129,13 +107,17 @@ class Maildrop:
     (with a text that says which), as RFC 1939 §5 wants for every command
     that takes a message number."""
 
-    def __init__(self, service, mailbox, uidvalidity, messages):
+    def __init__(self, service, mailbox, folder):
         self._service = service
         self.mailbox = mailbox
-        self._uidvalidity = uidvalidity
+        #: the shared live INBOX (services.mailboxes.LiveFolder), held until close
+        self._folder = folder
+        self._uidvalidity = folder.uidvalidity
         #: MessageInfo per message number - 1, ascending UID
-        self._messages = tuple(messages)
+        self._messages = tuple(folder.infos())
         self._deleted = set()
+        #: key -> UID in a live INBOX re-opened under another UIDVALIDITY
+        self._uid_by_key = None
         self._seen_sent = set()
         self._seen_queue = []
         self._seen_chain = defer.succeed(None)
@@ -191,6 +173,32 @@ class Maildrop:
         """Unmark every deleted message (RFC 1939 §5 RSET)."""
         self._deleted.clear()
 
+    # --- the snapshot's messages in the live INBOX ---
+
+    async def _current_uids(self, infos, verify=False):
+        """-> (live folder, [UID now]) of snapshot messages still in INBOX.
+
+        UIDs are kept while UIDVALIDITY stays the same (RFC 3501 §2.3.1.1),
+        so the snapshot's UIDs are used as they are; when the live folder
+        was closed because UIDVALIDITY changed (the index was rebuilt), the
+        INBOX is opened again and the messages are found by Maildir key.
+        ``verify`` first asks the store whether that happened (QUIT does,
+        before it removes anything)."""
+        if verify and not self._folder.closed:
+            await self._folder.refresh()
+        if self._folder.closed:
+            stale = self._folder
+            self._folder = await self._service.mailboxes.open_folder(self.mailbox, INBOX)
+            stale.release()
+            self._uid_by_key = None
+        folder = self._folder
+        if folder.uidvalidity == self._uidvalidity:
+            return folder, [info.uid for info in infos]
+        if self._uid_by_key is None:
+            self._uid_by_key = {info.key: info.uid for info in folder.infos()}
+        found = (self._uid_by_key.get(info.key) for info in infos)
+        return folder, [uid for uid in found if uid is not None]
+
     # --- content ---
 
     @deferred
@@ -198,33 +206,40 @@ class Maildrop:
         """-> an open binary file of message ``number`` (the caller closes
         it). NoSuchMessage if it was removed meanwhile by another session."""
         info = self._message(number)
+        gone = errors.NoSuchMessage(
+            f"Message {number} was removed from the mailbox by another session.")
+        folder, uids = await self._current_uids([info])
+        if not uids:
+            raise gone
         try:
-            return await self._service.inbox.open_message(self.mailbox.id, info.uid)
+            return await folder.open_message(uids[0])
         except errors.NoSuchMessage:
-            raise errors.NoSuchMessage(
-                f"Message {number} was removed from the mailbox by another session.")
+            raise gone from None
 
     def retrieved(self, number):
         """Message ``number`` was sent whole (RETR): mark it ``\\Seen``.
-        The store calls are coalesced; failures are logged, not raised."""
+        The marks are coalesced into few store calls; a failure is logged,
+        not raised."""
         info = self._messages[number - 1]
         if info.seen or info.uid in self._seen_sent:
             return
         self._seen_sent.add(info.uid)
-        self._seen_queue.append(info.uid)
+        self._seen_queue.append(info)
         if not self._seen_flush_planned:
             self._seen_flush_planned = True
-            self._seen_chain.addCallback(lambda _: self._flush_seen())
+            self._seen_chain.addCallback(
+                lambda _: defer.Deferred.fromCoroutine(self._flush_seen()))
 
-    def _flush_seen(self):
-        uids, self._seen_queue = self._seen_queue, []
+    async def _flush_seen(self):
+        infos, self._seen_queue = self._seen_queue, []
         self._seen_flush_planned = False
-        d = self._service.inbox.add_seen(self.mailbox.id, uids)
-        d.addErrback(lambda f: log.failure("marking {n} POP3-retrieved messages \\Seen in "
-                                           "mailbox {id} failed", f, n=len(uids),
-                                           id=self.mailbox.id))
-        d.addCallback(lambda _: None)
-        return d
+        try:
+            folder, uids = await self._current_uids(infos)
+            if uids:
+                await folder.set_flags(uids, {SEEN}, FLAGS_ADD)
+        except Exception:  # noqa: BLE001 - a courtesy: logged, never fails the session
+            log.failure("marking {n} messages retrieved over POP3 \\Seen in mailbox {id} "
+                        "failed", n=len(infos), id=self.mailbox.id)
 
     def _seen_settled(self):
         done = defer.Deferred()
@@ -239,23 +254,18 @@ class Maildrop:
 
     @deferred
     async def commit(self):
-        """The UPDATE state (RFC 1939 §6): remove the marked messages, then
-        release the lock. -> the number of messages removed."""
+        """The UPDATE state (RFC 1939 §6): remove the marked messages through
+        the live INBOX (IMAP sessions get EXPUNGE), then release the lock.
+        -> the number of messages removed."""
         try:
             await self._seen_settled()
             marked = [self._messages[n - 1] for n in sorted(self._deleted)]
             if not marked:
                 return 0
-            inbox, mailbox_id = self._service.inbox, self.mailbox.id
-            status = await inbox.status(mailbox_id)
-            if status.uidvalidity == self._uidvalidity:
-                uids = [info.uid for info in marked]
-            else:
-                # the index was rebuilt meanwhile: UIDs changed, keys did not
-                keys = {info.key for info in marked}
-                current = await inbox.load(mailbox_id)
-                uids = [info.uid for info in current.messages if info.key in keys]
-            expunged = await inbox.expunge(mailbox_id, uids)
+            folder, uids = await self._current_uids(marked, verify=True)
+            if not uids:
+                return 0
+            expunged = await folder.expunge(uids)
             return len(expunged.uids)
         finally:
             self.close()
@@ -264,4 +274,5 @@ class Maildrop:
         """End the session without removing anything; idempotent."""
         if self.open:
             self.open = False
+            self._folder.release()
             self._service._release(self)

@@ -21,6 +21,7 @@ from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from ktmail.config import Limits
 from ktmail.model import INBOX, Address
 from ktmail.protocols.pop3 import POP3Factory
 from ktmail.services.auth import (
@@ -29,7 +30,8 @@ from ktmail.services.auth import (
     PasswordHasher,
     ThrottlePolicy,
 )
-from ktmail.services.maildrop import MaildropService, StoreInbox
+from ktmail.services.mailboxes import MailboxService
+from ktmail.services.maildrop import MaildropService
 from ktmail.services.ratelimit import Window
 from ktmail.store.memory import MemoryMailStore, MemoryStore
 from tests.services.fakes import inline
@@ -41,8 +43,7 @@ HOSTNAME = "mail.example.test"
 class POP3Fixture:
     """Accounts, a memory mail store and a POP3 factory over them."""
 
-    def __init__(self, testcase, chunk_size=16384, inbox=None, failure_delay=1.0,
-                 **factory_options):
+    def __init__(self, testcase, chunk_size=16384, failure_delay=1.0, **factory_options):
         self.testcase = testcase
         self.clock = task.Clock()
         self.clock.advance(1_800_000_000)
@@ -56,26 +57,36 @@ class POP3Fixture:
         password_hash = testcase.successResultOf(hasher.hash(PASSWORD))
         customer = testcase.successResultOf(
             self.accounts.add_customer("kund1001", password_hash, 0.0))
-        self.mailboxes = {}
+        self.accounts_by_name = {}
         for username, address in (("alice_u", "alice@brev.fi"), ("bob_u", "bob@pikaposti.fi")):
             mailbox = testcase.successResultOf(self.accounts.add_mailbox(
                 customer.id, username, Address.parse(address), password_hash,
                 1048576000, 0.0, 5))
             testcase.successResultOf(self.mail.create_mailbox(mailbox.id))
-            self.mailboxes[username] = mailbox
-        self.inbox = inbox if inbox is not None else StoreInbox(self.mail)
-        self.maildrops = MaildropService(self.inbox)
+            self.accounts_by_name[username] = mailbox
+        self.mailboxes = MailboxService(self.mail, None, Limits(), self.clock)
+        self.maildrops = MaildropService(self.mailboxes)
         self.factory = POP3Factory(self.auth, self.maildrops, self.clock, HOSTNAME,
                                    chunk_size=chunk_size, **factory_options)
 
     def mailbox_id(self, username="alice_u"):
-        return self.mailboxes[username].id
+        return self.accounts_by_name[username].id
 
     def deliver(self, data, username="alice_u", flags=()):
-        """Add a message to INBOX -> its UID."""
-        stored = self.testcase.successResultOf(self.mail.add_message(
-            self.mailbox_id(username), INBOX, io.BytesIO(data), flags=flags))
+        """Add a message to INBOX as delivery does (through the mailboxes
+        service) -> its UID."""
+        stored = self.testcase.successResultOf(self.mailboxes.append(
+            self.accounts_by_name[username], INBOX, io.BytesIO(data), flags=flags))
         return stored.info.uid
+
+    def imap_session(self, username="alice_u"):
+        """An IMAP-like user of the live INBOX: -> (LiveFolder, listener);
+        ``listener.events`` records what it is told."""
+        folder = self.testcase.successResultOf(
+            self.mailboxes.open_folder(self.accounts_by_name[username], INBOX))
+        listener = RecordingListener()
+        folder.add_listener(listener)
+        return folder, listener
 
     def inbox_messages(self, username="alice_u"):
         """-> [MessageInfo] of INBOX now."""
@@ -91,6 +102,26 @@ class POP3Fixture:
         pop.send(f"USER {username}").expect("+OK")
         pop.send(f"PASS {PASSWORD}").expect("+OK Logged in")
         return pop
+
+
+class RecordingListener:
+    """An IFolderListener that records its calls, as an IMAP session in
+    IDLE would turn them into untagged responses."""
+
+    def __init__(self):
+        self.events = []
+
+    def messages_added(self, folder, infos):
+        self.events.append(("added", [i.uid for i in infos]))
+
+    def flags_changed(self, folder, infos):
+        self.events.append(("flags", [(i.uid, sorted(i.flags)) for i in infos]))
+
+    def messages_expunged(self, folder, uids):
+        self.events.append(("expunged", list(uids)))
+
+    def folder_closed(self, folder):
+        self.events.append(("closed", None))
 
 
 class POP3Transcript:

@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from ktmail import errors
-from ktmail.model import SEEN
+from ktmail.model import FLAGS_ADD, SEEN
 from ktmail.protocols.pop3 import (
     CAPABILITIES,
     DotStuffer,
@@ -19,7 +19,6 @@ from ktmail.protocols.pop3 import (
     message_chunks,
     pop3_error_text,
 )
-from ktmail.services.maildrop import StoreInbox
 from tests.protocols.pop3_transcript import PASSWORD, POP3Fixture, unstuff
 
 
@@ -428,6 +427,37 @@ class SnapshotTests(unittest.TestCase):
         self.assertEqual([m.uid for m in self.box.inbox_messages()], [self.uids[0]])
 
 
+    def test_concurrent_expunge_over_imap(self):
+        """The same through the shared live INBOX, as an IMAP session expunges:
+        POP3 keeps its numbering, and its own removals at QUIT reach the
+        IMAP session (IDLE gets EXPUNGE) with the \\Seen of its RETR."""
+        imap, told = self.box.imap_session()
+        pop = self.box.login()
+        self.successResultOf(imap.expunge([self.uids[0]]))
+        pop.send("STAT").expect("+OK 3 ")
+        pop.send("RETR 1").expect("-ERR Message 1 was removed")
+        self.assertEqual(unstuff(pop.send("RETR 2").expect_multiline("+OK")),
+                         b"Subject: 2\r\n\r\nbody 2\r\n")
+        pop.send("DELE 3").expect("+OK")
+        pop.send("DELE 1").expect("+OK")
+        pop.send("QUIT").expect("+OK Bye; 1 message deleted.")
+        self.assertEqual(told.events, [("expunged", [self.uids[0]]),      # its own
+                                       ("flags", [(self.uids[1], [SEEN])]),
+                                       ("expunged", [self.uids[2]])])
+        self.assertEqual(imap.uids, [self.uids[1]])
+
+    def test_imap_flag_changes_do_not_change_uidls(self):
+        """Flags set over IMAP during and between POP3 sessions change
+        nothing a POP3 client sees (same UIDLs, so nothing downloads twice)."""
+        imap, _ = self.box.imap_session()
+        pop = self.box.login()
+        before = pop.send("UIDL").lines()
+        self.successResultOf(imap.set_flags(self.uids, {SEEN, "\\Flagged"}, FLAGS_ADD))
+        self.assertEqual(pop.send("UIDL").lines(), before)
+        pop.send("QUIT").expect("+OK")
+        self.assertEqual(self.box.login().send("UIDL").lines(), before)
+
+
 class StuffingBoundaryTests(unittest.TestCase):
     """RFC 1939 §3 dot-stuffing, wherever a line falls relative to the
     chunks the file is read in (Twisted stuffs each 16 KiB chunk alone and
@@ -563,14 +593,13 @@ class StreamingTests(unittest.TestCase):
         data = data + (b"z" * 998 + b"\r\n") * 300    # about 300 KB
         opened = []
 
-        class Inbox(StoreInbox):
-            def open_message(inbox, mailbox_id, uid):
-                f = CountingFile(data)
-                opened.append(f)
-                return defer.succeed(f)
+        def open_message(mailbox_id, name, uid):
+            f = CountingFile(data)
+            opened.append(f)
+            return defer.succeed(f)
 
         box = POP3Fixture(self, chunk_size=16384)
-        box.inbox = box.maildrops.inbox = Inbox(box.mail)
+        box.mail.open_message = open_message
         box.deliver(data)
         pop = box.login()
         written = len(pop.transport.value())
@@ -696,10 +725,8 @@ class RobustnessTests(unittest.TestCase):
         box = POP3Fixture(self)
         box.deliver(MESSAGE_1)
 
-        class Broken(StoreInbox):
-            def open_message(inbox, mailbox_id, uid):
-                return defer.fail(RuntimeError("secret detail /var/mail/7"))
-        box.maildrops.inbox = Broken(box.mail)
+        box.mail.open_message = lambda *args: defer.fail(
+            RuntimeError("secret detail /var/mail/7"))
         pop = box.login()
         pop.send("RETR 1").expect("-ERR [SYS/TEMP] Internal server error; try again later.")
         self.assertNotIn("secret", pop.last)
@@ -712,10 +739,7 @@ class RobustnessTests(unittest.TestCase):
         box = POP3Fixture(self)
         box.deliver(MESSAGE_1)
 
-        class Failing(StoreInbox):
-            def expunge(inbox, mailbox_id, uids):
-                return defer.fail(errors.StoreUnavailable())
-        box.maildrops.inbox = Failing(box.mail)
+        box.mail.expunge = lambda *args: defer.fail(errors.StoreUnavailable())
         pop = box.login()
         pop.send("DELE 1").expect("+OK")
         pop.send("QUIT").expect("-ERR [SYS/TEMP] Some deleted messages were not removed")
