@@ -173,13 +173,17 @@ class TopFilter:
         return data[:pos]
 
 
-def message_chunks(file, chunk_size, top_lines=None):
-    """The response body of RETR (or of TOP with ``top_lines``) read from
-    ``file`` in ``chunk_size`` pieces; closes the file when done or
-    abandoned."""
+def message_chunks(file, chunk_size, top_lines=None, first=b""):
+    """The whole response of RETR (or of TOP with ``top_lines``): ``first``
+    (the status line), then the message read from ``file`` in
+    ``chunk_size`` pieces, stuffed, then the terminator. The status line
+    goes out with the first piece and the terminator with the last, so
+    that a small message is one write and no small segment waits for an
+    ACK (Nagle). Closes the file when done or abandoned."""
     try:
         stuffer = DotStuffer()
         top = TopFilter(top_lines) if top_lines is not None else None
+        pending = first
         while True:
             data = file.read(chunk_size)
             if not data:
@@ -187,11 +191,14 @@ def message_chunks(file, chunk_size, top_lines=None):
             if top is not None:
                 data = top.feed(data)
             out = stuffer.feed(data)
-            if out:
-                yield out
+            if len(pending) < 4096:
+                pending += out
+            else:
+                yield pending
+                pending = out
             if top is not None and top.done:
                 break
-        yield stuffer.end()
+        yield pending + stuffer.end()
     finally:
         file.close()
 
@@ -306,6 +313,11 @@ class POP3Server(pop3.POP3):
     # --- connection ---
 
     def connectionMade(self):
+        # one response per command: send each at once rather than wait for
+        # the client's delayed ACK of the previous segment
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         # RFC 1939 §4; no <timestamp>: APOP is not offered
         self.successResponse(f"{self.factory.hostname} ktmail POP3 server ready.")
         self.setTimeout(self._idle_timeout)
@@ -613,11 +625,10 @@ class POP3Server(pop3.POP3):
             if self._lost:
                 file.close()
                 raise _StreamStopped()
-            if top_lines is None:
-                self.successResponse(f"{size} octets")
-            else:
-                self.successResponse("Top of message follows")
-            return self._stream(message_chunks(file, self.factory.chunk_size, top_lines))
+            status = (f"+OK {size} octets\r\n" if top_lines is None
+                      else "+OK Top of message follows\r\n")
+            return self._stream(message_chunks(file, self.factory.chunk_size, top_lines,
+                                               first=status.encode("ascii")))
 
         def sent(_):
             if top_lines is None:

@@ -24,8 +24,8 @@ Invariants:
   remove another message); ``close()`` without ``commit()`` removes
   nothing;
 - a message sent whole by RETR is marked ``\\Seen`` (as Dovecot does, so
-  webmail and IMAP show it read); the marks are coalesced into few store
-  calls and are all applied before ``commit()`` expunges;
+  webmail and IMAP show it read), in one store call when the session
+  ends, with QUIT or without (deletions only with QUIT);
 - the lock is taken before the snapshot is loaded and released exactly
   once, by ``commit()`` (before its Deferred fires, so that a client that
   reconnects at once after QUIT is let in) or by ``close()``.
@@ -118,10 +118,8 @@ class Maildrop:
         self._deleted = set()
         #: key -> UID in a live INBOX re-opened under another UIDVALIDITY
         self._uid_by_key = None
-        self._seen_sent = set()
-        self._seen_queue = []
-        self._seen_chain = defer.succeed(None)
-        self._seen_flush_planned = False
+        #: numbers of messages sent whole by RETR, not \\Seen at login
+        self._retrieved = set()
         self.open = True
 
     # --- the listing (RFC 1939 §5: deleted messages are not counted) ---
@@ -217,48 +215,40 @@ class Maildrop:
             raise gone from None
 
     def retrieved(self, number):
-        """Message ``number`` was sent whole (RETR): mark it ``\\Seen``.
-        The marks are coalesced into few store calls; a failure is logged,
-        not raised."""
+        """Message ``number`` was sent whole (RETR): it is to be marked
+        ``\\Seen``. Like Dovecot, the marks are kept here and applied in one
+        store call when the session ends (QUIT or not): one fsync per
+        session rather than one per message."""
         info = self._messages[number - 1]
-        if info.seen or info.uid in self._seen_sent:
-            return
-        self._seen_sent.add(info.uid)
-        self._seen_queue.append(info)
-        if not self._seen_flush_planned:
-            self._seen_flush_planned = True
-            self._seen_chain.addCallback(
-                lambda _: defer.Deferred.fromCoroutine(self._flush_seen()))
+        if not info.seen:
+            self._retrieved.add(number)
 
-    async def _flush_seen(self):
-        infos, self._seen_queue = self._seen_queue, []
-        self._seen_flush_planned = False
+    async def _mark_seen(self, skip=frozenset()):
+        """Apply the \\Seen marks of the retrieved messages (but not of
+        those in ``skip``: about to be removed); a failure is logged, not
+        raised (it costs the client nothing)."""
+        numbers = sorted(self._retrieved - skip)
+        self._retrieved.clear()
+        if not numbers:
+            return
         try:
-            folder, uids = await self._current_uids(infos)
+            folder, uids = await self._current_uids([self._messages[n - 1] for n in numbers])
             if uids:
                 await folder.set_flags(uids, {SEEN}, FLAGS_ADD)
         except Exception:  # noqa: BLE001 - a courtesy: logged, never fails the session
             log.failure("marking {n} messages retrieved over POP3 \\Seen in mailbox {id} "
-                        "failed", n=len(infos), id=self.mailbox.id)
-
-    def _seen_settled(self):
-        done = defer.Deferred()
-
-        def fire(result):
-            done.callback(None)
-            return result
-        self._seen_chain.addBoth(fire)
-        return done
+                        "failed", n=len(numbers), id=self.mailbox.id)
 
     # --- the end of the session ---
 
     @deferred
     async def commit(self):
-        """The UPDATE state (RFC 1939 §6): remove the marked messages through
-        the live INBOX (IMAP sessions get EXPUNGE), then release the lock.
-        -> the number of messages removed."""
+        """The UPDATE state (RFC 1939 §6): mark the retrieved messages
+        ``\\Seen``, remove the marked ones through the live INBOX (IMAP
+        sessions get EXPUNGE), then release the lock. -> the number of
+        messages removed."""
         try:
-            await self._seen_settled()
+            await self._mark_seen(skip=self._deleted)
             marked = [self._messages[n - 1] for n in sorted(self._deleted)]
             if not marked:
                 return 0
@@ -271,8 +261,16 @@ class Maildrop:
             self.close()
 
     def close(self):
-        """End the session without removing anything; idempotent."""
-        if self.open:
-            self.open = False
+        """End the session: release the lock at once. Without a commit()
+        (a dropped connection, an idle timeout) nothing is removed; the
+        ``\\Seen`` marks of what was retrieved are still applied, in the
+        background. Idempotent."""
+        if not self.open:
+            return
+        self.open = False
+        self._service._release(self)
+        if self._retrieved:
+            d = defer.Deferred.fromCoroutine(self._mark_seen())
+            d.addBoth(lambda _: self._folder.release())
+        else:
             self._folder.release()
-            self._service._release(self)

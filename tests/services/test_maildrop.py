@@ -136,33 +136,50 @@ class MaildropTests(unittest.TestCase):
                 told.append(("closed", None))
         imap.add_listener(Listener())
         drop = self.successResultOf(self.service.open(MAILBOX))
-        drop.retrieved(1)
+        drop.retrieved(2)
         drop.delete(1)
         drop.delete(3)
         self.assertEqual(self.successResultOf(drop.commit()), 2)
-        self.assertEqual(told, [("flags", [(self.uids[0], [SEEN])]),
+        self.assertEqual(told, [("flags", [(self.uids[1], [SEEN])]),
                                 ("expunged", [self.uids[0], self.uids[2]])])
         self.assertEqual(imap.uids, [self.uids[1]])
 
-    def test_seen_marks_are_coalesced_and_settle_before_commit(self):
-        """Retrieved messages are marked \\Seen; marks made while a store call
-        is running go together in the next one; commit waits for them."""
-        hold = self.hold_seen = defer.Deferred()
+    def test_seen_marks_are_applied_once_at_the_end(self):
+        """Retrieved messages are marked \\Seen in one store call when the
+        session ends, before the removals; messages being removed are not
+        marked."""
         drop = self.successResultOf(self.service.open(MAILBOX))
-        drop.retrieved(1)
-        drop.retrieved(2)
-        drop.retrieved(3)
-        drop.retrieved(2)
+        for n in (1, 2, 3, 2):
+            drop.retrieved(n)
         drop.delete(3)
+        self.assertEqual(self.seen_calls, [])
+        hold = self.hold_seen = defer.Deferred()
         committed = drop.commit()
         self.assertNoResult(committed)
+        self.assertEqual(self.inbox_uids(), self.uids)      # removal waits for \Seen
         hold.callback(None)
-        self.successResultOf(committed)
-        self.assertEqual(self.seen_calls, [[self.uids[0]], [self.uids[1], self.uids[2]]])
+        self.assertEqual(self.successResultOf(committed), 1)
+        self.assertEqual(self.seen_calls, [[self.uids[0], self.uids[1]]])
         flags = {m.uid: m.flags for m in self.successResultOf(
             self.store.open_folder(MAILBOX.id, INBOX)).messages}
         self.assertEqual(flags, {self.uids[0]: frozenset({SEEN}),
                                  self.uids[1]: frozenset({SEEN})})
+
+    def test_a_dropped_session_marks_seen_but_removes_nothing(self):
+        """Without QUIT the retrieved messages still become \\Seen (they did
+        reach the client, as with Dovecot) and nothing is removed; the lock
+        is free at once."""
+        drop = self.successResultOf(self.service.open(MAILBOX))
+        drop.retrieved(1)
+        drop.retrieved(2)
+        drop.delete(2)
+        hold = self.hold_seen = defer.Deferred()
+        drop.close()
+        self.assertFalse(self.service.in_use(MAILBOX.id))
+        hold.callback(None)
+        self.assertEqual(self.seen_calls, [[self.uids[0], self.uids[1]]])
+        self.assertEqual(self.inbox_uids(), self.uids)
+        self.assertEqual(self.mailboxes.live_folder(MAILBOX, INBOX).users, 0)
 
     def test_already_seen_messages_are_not_marked_again(self):
         """A message that was \\Seen at login costs no store call."""
