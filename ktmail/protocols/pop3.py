@@ -225,9 +225,10 @@ class _Streamer:
     """Writes an iterator of byte chunks to a transport as a pull producer
     (one chunk each time the transport wants more: back-pressure)."""
 
-    def __init__(self, consumer, chunks):
+    def __init__(self, consumer, chunks, progress=lambda: None):
         self._consumer = consumer
         self._chunks = chunks
+        self._progress = progress
         self.done = defer.Deferred()
 
     def start(self):
@@ -245,6 +246,7 @@ class _Streamer:
             self._finish(Failure())
         else:
             self._consumer.write(data)
+            self._progress()
 
     def _finish(self, failure):
         chunks, self._chunks = self._chunks, None
@@ -336,9 +338,19 @@ class POP3Server(pop3.POP3):
 
     def timeoutConnection(self):
         # RFC 1939 §3: the autologout timer (at least 10 minutes) ends the
-        # session without entering the UPDATE state
-        self.failResponse("Disconnected after too long without a command.")
-        self._close()
+        # session without entering the UPDATE state. It also runs while a
+        # response is being sent, reset by every piece the client takes: a
+        # client that stops reading cannot hold the mailbox's lock forever.
+        if self._streaming:
+            # what is queued for it will never drain: drop, do not flush
+            log.info("POP3 client at {address} stopped reading; closing",
+                     address=self._client_address)
+            self._closing = True
+            self._queue.clear()
+            self.transport.abortConnection()
+        else:
+            self.failResponse("Disconnected after too long without a command.")
+            self._close()
 
     def _close(self):
         self._closing = True
@@ -444,7 +456,6 @@ class POP3Server(pop3.POP3):
     def _work(self, d):
         """Hold further commands until ``d`` (the current command) is done."""
         self._working = True
-        self.setTimeout(None)
         d.addErrback(self._unexpected)
         d.addBoth(self._worked)
 
@@ -452,7 +463,7 @@ class POP3Server(pop3.POP3):
         self._working = False
         if self._lost or self._closing:
             return
-        self.setTimeout(self._idle_timeout)
+        self.resetTimeout()
         while self._queue and not self._working and not self._closing:
             self._handle(self._queue.popleft())
         if self._paused and len(self._queue) < self.MAX_QUEUED_LINES // 2:
@@ -480,7 +491,7 @@ class POP3Server(pop3.POP3):
         def ended(result):
             self._streaming = False
             return result
-        return _Streamer(self.transport, chunks).start().addBoth(ended)
+        return _Streamer(self.transport, chunks, self.resetTimeout).start().addBoth(ended)
 
     # --- arguments ---
 

@@ -675,6 +675,23 @@ class RobustnessTests(unittest.TestCase):
         pop.protocol.connectionLost(None)
         self.assertEqual(len(self.box.inbox_messages()), 1)
 
+    def test_a_client_that_stops_reading_is_dropped(self):
+        """The timer also runs while a message is being sent, reset by each
+        piece the client takes: a client that stops reading in the middle
+        of a RETR is dropped after 10 minutes, and its lock released."""
+        box = POP3Fixture(self, chunk_size=1024)
+        box.deliver(b"Subject: x\r\n\r\n" + b"q" * 50_000 + b"\r\n")
+        pop = box.login()
+        pop.send("RETR 1")
+        for _ in range(5):
+            box.clock.advance(599)
+            pop.transport.producer.resumeProducing()     # the client reads a little
+        self.assertFalse(pop.transport.disconnected)
+        box.clock.advance(600)
+        self.assertTrue(pop.transport.disconnected)       # aborted, not flushed
+        pop.protocol.connectionLost(None)
+        box.login()
+
     def test_timeout_before_login(self):
         """The same timer runs before login."""
         pop = self.box.connect()
