@@ -210,6 +210,9 @@ def main(argv=None):
     parser.add_argument("--workdir", default=None, help="where the temporary daemon lives")
     args = parser.parse_args(argv)
     print(f"machine: {machine()}")
+    start = time.perf_counter()
+    sum(range(10**7))
+    print(f"calibration: sum(range(10**7)) {time.perf_counter() - start:.3f} s")
     run(args)
     return 0
 

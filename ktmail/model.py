@@ -403,9 +403,13 @@ class CopyResult:
 class FolderChanges:
     """What changed in a folder after a given modseq: ``changed`` infos
     (new or re-flagged, ascending UID) and ``vanished`` UIDs (RFC 7162
-    QRESYNC), with the status at the time of the answer."""
+    QRESYNC), with the folder's UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ at
+    the time of the answer (no message counts: this is asked often, and
+    counting a big folder is not free)."""
 
-    status: FolderStatus
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
     changed: tuple
     vanished: tuple
 

@@ -65,7 +65,8 @@ class Spool:
         #: bytes written so far
         self.size = 0
         self._run = run_in_thread
-        self._file = open(path, "xb", buffering=SPOOL_BUFFER)  # noqa: SIM115 (closed by finish/discard)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file = open(fd, "wb", buffering=SPOOL_BUFFER)  # noqa: SIM115 (closed by finish/discard)
         self.finished = False
         self.discarded = False
 
@@ -212,7 +213,7 @@ class DeliveryService:
     _counter: object = attrs.field(factory=itertools.count, init=False)
 
     def __attrs_post_init__(self):
-        os.makedirs(self.spool_dir, exist_ok=True)
+        os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
 
     # --- spools ---
 
@@ -281,7 +282,7 @@ class DeliveryService:
             [defer.Deferred.fromCoroutine(self._deliver_one(envelope, spool, r, scan_spam))
              for r in recipients], consumeErrors=True)
         outcome = {}
-        for recipient, (ok, value) in zip(recipients, results):
+        for recipient, (ok, value) in zip(recipients, results, strict=True):
             if ok:
                 outcome[recipient] = None
             elif value.check(errors.KtmailError):

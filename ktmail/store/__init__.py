@@ -202,7 +202,8 @@ class IMailStore(Interface):
     def changes_since(mailbox_id, name, modseq):
         """Bring the folder in step with the disk (files added or removed by
         other tools, changes by other processes) and report what changed
-        after ``modseq``. -> model.FolderChanges(status, changed, vanished)."""
+        after ``modseq``. -> model.FolderChanges(uidvalidity, uidnext,
+        highestmodseq, changed, vanished)."""
 
     def messages_saved_before(mailbox_id, name, before):
         """-> (MessageInfo, ...) saved into this folder before ``before``

@@ -411,7 +411,8 @@ class MemoryMailStore:
     def changes_since(self, mailbox_id, name, modseq):
         folder = self._folder(mailbox_id, name)
         return FolderChanges(
-            status=self._status(folder),
+            uidvalidity=folder.uidvalidity, uidnext=folder.uidnext,
+            highestmodseq=folder.highestmodseq,
             changed=tuple(m.info for m in folder.messages.values() if m.info.modseq > modseq),
             vanished=tuple(sorted(u for u, m in folder.vanished.items() if m > modseq)))
 
