@@ -235,6 +235,8 @@ class Maildrop:
             folder, uids = await self._current_uids([self._messages[n - 1] for n in numbers])
             if uids:
                 await folder.set_flags(uids, {SEEN}, FLAGS_ADD)
+        except (errors.NoSuchMailbox, errors.NoSuchFolder):
+            pass              # the mailbox was removed meanwhile
         except Exception:  # noqa: BLE001 - a courtesy: logged, never fails the session
             log.failure("marking {n} messages retrieved over POP3 \\Seen in mailbox {id} "
                         "failed", n=len(numbers), id=self.mailbox.id)
@@ -252,7 +254,10 @@ class Maildrop:
             marked = [self._messages[n - 1] for n in sorted(self._deleted)]
             if not marked:
                 return 0
-            folder, uids = await self._current_uids(marked, verify=True)
+            try:
+                folder, uids = await self._current_uids(marked, verify=True)
+            except (errors.NoSuchMailbox, errors.NoSuchFolder):
+                return 0      # the mailbox was removed meanwhile: nothing is left
             if not uids:
                 return 0
             expunged = await folder.expunge(uids)

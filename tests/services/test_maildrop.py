@@ -208,6 +208,19 @@ class MaildropTests(unittest.TestCase):
         drop.close()
         self.assertEqual(self.inbox_uids(), self.uids)
 
+    def test_mailbox_removed_during_the_session(self):
+        """When the mailbox is removed while a POP3 session is open (the
+        portal, ktmail-admin), its messages cannot be opened any more and
+        QUIT has nothing left to remove: no error, the lock is released."""
+        drop = self.successResultOf(self.service.open(MAILBOX))
+        drop.retrieved(1)
+        drop.delete(2)
+        self.successResultOf(self.store.remove_mailbox(MAILBOX.id))
+        self.mailboxes.close_mailbox(MAILBOX)
+        self.failureResultOf(drop.open_message(1), errors.NoSuchMailbox)
+        self.assertEqual(self.successResultOf(drop.commit()), 0)
+        self.assertFalse(self.service.in_use(MAILBOX.id))
+
     def test_gone_message(self):
         """A message expunged by another session cannot be opened:
         NoSuchMessage saying so; the others can."""
