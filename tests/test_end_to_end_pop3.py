@@ -22,6 +22,7 @@ ALICE = ("alice_u", "alice@brev.fi")
 BOB = ("bob_u", "bob@pikaposti.fi")
 CAROL = ("carol_u", "carol@sboksi.fi")
 DAVE = ("dave_u", "dave@minmail.fi")
+ERIN = ("erin_u", "erin@livenet.fi")
 
 
 def message(subject, body="Hello over POP3.\r\n"):
@@ -40,9 +41,9 @@ def pad(n):
     return b"".join(lines)
 
 
-def drop_into_inbox(daemon, username, data):
+def drop_into_inbox(daemon, username, data, folder="INBOX"):
     """Deliver like a Maildir tool: write into tmp/, rename into new/."""
-    base = daemon.maildir(username)
+    base = daemon.maildir(username, folder)
     name = f"{time.time_ns()}.P{os.getpid()}R{secrets.token_hex(4)}.e2e"
     with open(os.path.join(base, "tmp", name), "wb") as f:
         f.write(data)
@@ -59,7 +60,7 @@ def rss_kib(pid, field="VmRSS"):
 
 class POP3EndToEndTests(DaemonTestCase):
     listeners = ("pop3",)
-    mailboxes = (ALICE, BOB, CAROL, DAVE)
+    mailboxes = (ALICE, BOB, CAROL, DAVE, ERIN)
 
     def pop3(self, username=None, password=PASSWORD):
         d = self.daemon
@@ -135,6 +136,21 @@ class POP3EndToEndTests(DaemonTestCase):
         self.assertTrue(plain._shortcmd("AUTH PLAIN " + blob).startswith(b"+OK"))
         self.assertEqual(plain.stat()[0], 1)
         plain.quit()
+
+    def test_inbox_only_and_stable_uidls(self):
+        """SPEC §1: POP3 shows INBOX, never the Spam folder; the UIDLs of a
+        second session are those of the first (what the acceptance smoke
+        checks)."""
+        d = self.daemon
+        drop_into_inbox(d, "erin_u", message("smoke-inbound"))
+        drop_into_inbox(d, "erin_u", message("smoke-gtube"), folder="Spam")
+        self.assertEqual(self.subjects_on_server("erin_u"), ["smoke-inbound"])
+        p = self.pop3("erin_u")
+        uidls = p.uidl()[1]
+        p.quit()
+        p = self.pop3("erin_u")
+        self.assertEqual(p.uidl()[1], uidls)
+        p.quit()
 
     def test_lock_and_reconnect_at_once(self):
         """A second session for a mailbox in use gets -ERR [IN-USE]; right
