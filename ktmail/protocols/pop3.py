@@ -413,6 +413,7 @@ class POP3Server(pop3.POP3):
     def _handle(self, line):
         try:
             if line is None:
+                self._sasl_pending = False     # (an over-long SASL response ends it)
                 raise _BadCommand(f"Line too long; a command line may have at most "
                                   f"{self.MAX_LENGTH} characters.")
             if self._sasl_pending:

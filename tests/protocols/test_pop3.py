@@ -205,6 +205,15 @@ class AuthPlainTests(unittest.TestCase):
         pop.send("AUTH PLAIN =").expect("-ERR [AUTH]")
         pop.send("AUTH PLAIN a b").expect("-ERR Syntax: AUTH PLAIN")
 
+    def test_overlong_response_ends_the_exchange(self):
+        """An AUTH PLAIN response longer than the line limit gets -ERR and
+        ends the exchange: the next line is a command again."""
+        pop = self.box.connect()
+        pop.send("AUTH PLAIN")
+        pop._read += 4
+        pop.send("A" * 5000).expect("-ERR Line too long")
+        pop.send("CAPA").lines("+OK Capability list follows")
+
     def test_only_plain_is_offered(self):
         """RFC 5034 §4: an unknown mechanism gets -ERR; AUTH alone lists the
         mechanisms (RFC 1734 style, which clients still send)."""
