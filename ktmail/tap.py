@@ -20,11 +20,13 @@ from twisted.python import usage
 from ktmail import errors, tls
 from ktmail.config import ConfigError, load_config
 from ktmail.errors import ValidationError
+from ktmail.protocols.pop3 import POP3Factory
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
 from ktmail.services.delivery import DeliveryService
 from ktmail.services.dkim import DkimSigner
+from ktmail.services.maildrop import MaildropService
 from ktmail.services.mailboxes import MailboxService
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
 from ktmail.services.retention import InactivityJob, InactivityPolicy, SpamExpiryJob
@@ -225,4 +227,9 @@ def makeService(options):
             lambda mailbox: sessions.destroy_account(MAILBOX, mailbox.username))
         internet.TimerService(300, sessions.sweep).setServiceParent(top)
         listen(top, reactor, config, "web", make_site(web, config.limits), tls_context)
+
+    if config.listen.pop3:
+        maildrops = MaildropService(core.mailboxes)
+        listen(top, reactor, config, "pop3",
+               POP3Factory(core.auth, maildrops, reactor, config.hostname), tls_context)
     return top
