@@ -20,6 +20,7 @@ from twisted.python import usage
 from ktmail import errors, tls
 from ktmail.config import ConfigError, load_config
 from ktmail.errors import ValidationError
+from ktmail.protocols.pop3 import POP3Factory
 from ktmail.protocols.reverse_dns import ReverseDNS
 from ktmail.protocols.smtp import InboundSMTPFactory, SubmissionSMTPFactory
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
@@ -28,6 +29,7 @@ from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
 from ktmail.services.bounces import AfterDataBounces
 from ktmail.services.delivery import DeliveryService
 from ktmail.services.dkim import DkimSigner
+from ktmail.services.maildrop import MaildropService
 from ktmail.services.mailboxes import MailboxService
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
 from ktmail.services.retention import InactivityJob, InactivityPolicy, SpamExpiryJob
@@ -261,6 +263,11 @@ def makeService(options):
             lambda mailbox: sessions.destroy_account(MAILBOX, mailbox.username))
         internet.TimerService(300, sessions.sweep).setServiceParent(top)
         listen(top, reactor, config, "web", make_site(web, config.limits), tls_context)
+
+    if config.listen.pop3:
+        maildrops = MaildropService(core.mailboxes)
+        listen(top, reactor, config, "pop3",
+               POP3Factory(core.auth, maildrops, reactor, config.hostname), tls_context)
     if config.listen.smtp or config.listen.submission:
         listen_smtp(top, reactor, config, core, tls_context, outbound_queue)
     return top
