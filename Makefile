@@ -1,6 +1,8 @@
 # make run   - start a development ktmail on loopback (set-up included)
 # make test  - run the whole test suite with trial (set-up included)
 # make bench - run the benchmarks in bench/ and print their figures
+# make messages - extract the web pages' texts into ktmail/locale (needs gettext)
+# make locale - compile the catalogues (.po -> .mo; both are committed)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,7 +12,7 @@ DEVCONFIG := ktmail-dev.ini
 # every test and warning from our own code that is deprecated fails the run
 TRIAL_ENV := PYTHONWARNINGS=error::DeprecationWarning:ktmail,error::DeprecationWarning:tests
 
-.PHONY: run test bench certs install lint clean
+.PHONY: run test bench certs install lint clean messages locale
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +41,19 @@ test: install certs
 
 bench: install certs
 	$(BIN)/python -m bench
+
+LANGS := sv en
+XGETTEXT := xgettext --language=Python --keyword=_ --keyword=N_ --keyword=n:1,2 \
+  --from-code=UTF-8 --no-wrap --sort-by-file --package-name=ktmail
+
+messages:
+	$(XGETTEXT) -o ktmail/locale/ktmail.pot ktmail/web/*.py
+	for l in $(LANGS); do msgmerge --quiet --update --no-wrap --backup=none \
+	  ktmail/locale/$$l/LC_MESSAGES/ktmail.po ktmail/locale/ktmail.pot; done
+
+locale:
+	for l in $(LANGS); do msgfmt --check -o ktmail/locale/$$l/LC_MESSAGES/ktmail.mo \
+	  ktmail/locale/$$l/LC_MESSAGES/ktmail.po; done
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff

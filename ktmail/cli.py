@@ -14,6 +14,7 @@ from twisted.internet import defer, task
 
 from ktmail import errors
 from ktmail.config import ConfigError, load_config
+from ktmail.services.clientsetup import ClientSettings, dns_records
 
 ACTOR = "ktmail-admin"
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
@@ -68,10 +69,59 @@ def build_parser():
     expire = sub.add_parser("expire", help="run the retention jobs once")
     expire.add_argument("--dry-run", action="store_true", help="only list what would go")
 
+    dns = sub.add_parser("dns", help="print the DNS records to publish for a hosted domain")
+    dns.add_argument("domain")
+
     spam = sub.add_parser("spam", help="spam filter")
     ssub = spam.add_subparsers(dest="action", required=True)
     ssub.add_parser("score", help="score the message on stdin")
+
+    queue = sub.add_parser("queue", help="the outbound mail queue")
+    qsub = queue.add_subparsers(dest="action", required=True)
+    qsub.add_parser("list", help="list queued messages and their recipients")
+    qsub.add_parser("retry", help="try waiting recipients now (all messages, or ID)"
+                    ).add_argument("id", nargs="?")
+    qsub.add_parser("remove", help="delete a queued message; its sender is not told"
+                    ).add_argument("id")
+
+    dkim = sub.add_parser("dkim", help="DKIM signing keys")
+    dsub = dkim.add_subparsers(dest="action", required=True)
+    dsub.add_parser("show", help="print the DNS TXT record to publish for DOMAIN "
+                    "(creates the key on first use)").add_argument("domain")
     return parser
+
+
+def _age(seconds):
+    minutes = int(max(seconds, 0) // 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    return f"{hours // 24}d{hours % 24:02d}h"
+
+
+def _when(t, now):
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+    return f"{stamp} (now)" if t <= now else f"{stamp} (in {_age(t - now)})"
+
+
+def write_queue(entries, now, out):
+    """The ``queue list`` report: one line per message, one per recipient."""
+    for e in entries:
+        out.write(f"{e.id}  age {_age(now - e.created)}  from <{e.sender}>  "
+                  f"{e.size / 1000:.1f} kB\n")
+        for r in e.recipients:
+            line = f"    {r.address}  {r.state}  {r.attempts} attempt(s)"
+            if r.state == "pending":
+                line += f"  next {_when(r.next_attempt, now)}"
+                if r.last_error:
+                    line += f"  last error: {r.last_error}"
+            else:
+                line += f"  {r.reply}"
+            out.write(line + "\n")
+    pending = sum(len(e.pending) for e in entries)
+    out.write(f"{len(entries)} message(s) queued, {pending} recipient(s) waiting\n")
 
 
 async def run(args, core, stdin, out):
@@ -114,6 +164,39 @@ async def run(args, core, stdin, out):
         elif args.action == "password":
             await accounts.set_mailbox_password(args.username, read_password(stdin), ACTOR)
             out.write(f"password of mailbox {args.username} changed\n")
+    elif args.group == "queue":
+        from ktmail.services.outbound import QueueAdmin
+
+        admin = QueueAdmin(core.queue_store, core.reactor)
+        if args.action == "list":
+            write_queue(await admin.list(), core.reactor.seconds(), out)
+        elif args.action == "retry":
+            changed = await admin.retry(args.id)
+            out.write(f"{changed} message(s) will be tried again within seconds\n")
+        elif args.action == "remove":
+            entry = await admin.remove(args.id)
+            out.write(f"message {entry.id} removed ({len(entry.pending)} recipient(s) had "
+                      "not received it)\n")
+    elif args.group == "dkim":
+        from ktmail.services.dkim import published_record
+
+        config = core.config
+        name, value = await published_record(core.dkim_keys, args.domain,
+                                             set(config.domains) | {config.hostname})
+        # TXT strings are at most 255 bytes (RFC 1035 §3.3.14): split the value
+        parts = " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+        out.write(f"{name}. IN TXT ( {parts} )\n")
+    elif args.group == "dns":
+        domain = args.domain.strip().lower().rstrip(".")
+        if domain not in core.config.domains:
+            raise Refused(f"{args.domain} is not one of the hosted domains "
+                          f"({', '.join(core.config.domains)})")
+        settings = ClientSettings.from_config(core.config)
+        from ktmail.services.dkim import published_record
+
+        name, value = await published_record(core.dkim_keys, domain, set(core.config.domains))
+        dkim = [(name.split("._domainkey.")[0], value)]
+        out.write("\n".join(dns_records(domain, settings, dkim)) + "\n")
     elif args.group == "expire":
         raise Refused("expire: the retention jobs are not available in this version")
     elif args.group == "spam":

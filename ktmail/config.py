@@ -127,15 +127,19 @@ def _domains(text):
     names = text.split()
     if not names:
         raise ValidationError("list at least one domain")
-    out = []
+    out, bad = [], []
     for name in names:
         try:
             domain = normalize_domain(name)
         except ValidationError:
-            raise ValidationError(f"'{name}' is not a domain name") from None
+            bad.append(f"'{name}' is not a domain name")
+            continue
         if domain in out:
-            raise ValidationError(f"'{name}' is listed twice")
-        out.append(domain)
+            bad.append(f"'{name}' is listed twice")
+        else:
+            out.append(domain)
+    if bad:
+        raise ValidationError("; ".join(bad))
     return tuple(out)
 
 

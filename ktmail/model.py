@@ -293,3 +293,76 @@ class MailUsage:
 
     bytes: int
     messages: int
+# --- the outbound queue (SPEC §5) -------------------------------------------------
+
+#: states of one recipient of a queued message
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+@attrs.frozen
+class QueuedRecipient:
+    """One recipient of a queued message and how its delivery stands."""
+
+    address: str
+    state: str = PENDING
+    attempts: int = 0
+    #: POSIX time of the next attempt (pending only)
+    next_attempt: float = 0.0
+    #: the last reply or connection error, e.g. "451 4.3.0 Try again later"
+    last_error: str = ""
+    #: the final reply (250 ... when delivered, 5xx ... when failed)
+    reply: str = ""
+    #: the host that gave ``reply`` / ``last_error`` ('' if none answered)
+    remote_mta: str = ""
+    #: a failure has been reported to the sender (DSN queued)
+    reported: bool = False
+
+    @property
+    def final(self):
+        return self.state != PENDING
+
+
+@attrs.frozen
+class QueueEntry:
+    """One queued message: its envelope and the state of every recipient.
+
+    The message bytes live beside it in the queue store; ``dkim_header`` is
+    prepended to them when the message is sent.
+    """
+
+    id: str
+    sender: str
+    recipients: tuple
+    created: float
+    size: int
+    dkim_header: bytes = b""
+    #: the message has bytes above 127 (BODY=8BITMIME, RFC 6152)
+    eight_bit: bool = False
+    #: the "still trying" notice went to the sender
+    delay_notified: bool = False
+    #: failure DSNs queued so far (they number the DSNs' queue ids)
+    dsn_count: int = 0
+
+    def recipient(self, address):
+        for r in self.recipients:
+            if r.address == address:
+                return r
+        raise KeyError(address)
+
+    def replace_recipient(self, updated):
+        return attrs.evolve(self, recipients=tuple(
+            updated if r.address == updated.address else r for r in self.recipients))
+
+    @property
+    def pending(self):
+        return tuple(r for r in self.recipients if r.state == PENDING)
+
+    @property
+    def unreported_failures(self):
+        return tuple(r for r in self.recipients if r.state == FAILED and not r.reported)
+
+    @property
+    def next_attempt(self):
+        """When this entry next needs work (None: nothing pending)."""
+        times = [r.next_attempt for r in self.pending]
+        return min(times) if times else None

@@ -10,19 +10,26 @@ import os
 import sys
 
 import attrs
-from twisted.application import service, strports
-from twisted.internet import threads
+from twisted.application import internet, service, strports
+from twisted.internet import defer, threads
+from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
-from twisted.web.server import Site
 
-from ktmail import tls
+from ktmail import errors, tls
 from ktmail.config import ConfigError, load_config
+from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
+from ktmail.services.dkim import DkimSigner
+from ktmail.services.outbound import OutboundQueue, OutboundScheduler
+from ktmail.services.routing import MXRouter
+from ktmail.store.dkimkeys import DiskDkimKeyStore
 from ktmail.store.maildir import MaildirStore
+from ktmail.store.queue import DiskQueueStore
 from ktmail.store.sqlite import Database, SQLiteStore, ThreadRunner
-from ktmail.web.app import WebRoot
+from ktmail.web.app import build_root, make_site
+from ktmail.web.sessions import MAILBOX
 
 
 class Options(usage.Options):
@@ -71,6 +78,8 @@ class Core:
     throttle: object
     auth: object
     accounts: object
+    queue_store: object = None
+    dkim_keys: object = None
 
 
 def build_core(config, reactor):
@@ -86,7 +95,29 @@ def build_core(config, reactor):
     accounts = AccountService(store, mail, store, hasher, config.domains, config.limits,
                               reactor)
     return Core(config=config, reactor=reactor, db=db, store=store, mail=mail, hasher=hasher,
-                throttle=throttle, auth=auth, accounts=accounts)
+                throttle=throttle, auth=auth, accounts=accounts,
+                queue_store=DiskQueueStore(config.data_dir, run_in_thread),
+                dkim_keys=DiskDkimKeyStore(config.data_dir, run_in_thread))
+
+
+def _local_delivery_unavailable(recipient, message_file):
+    """Stand-in ``deliver_local`` until the delivery service is wired in:
+    DSNs to our own users wait in the queue (temporary failure)."""
+    return defer.fail(errors.StoreUnavailable("Local delivery is not available."))
+
+
+def build_outbound(core, reactor, deliver_local=_local_delivery_unavailable):
+    """The outbound queue and its scheduler service (SPEC §5): MX lookups
+    through the system's resolver, or the ``[relay] smarthost``."""
+    config = core.config
+    run_in_thread = reactor_thread_runner(reactor)
+    signer = DkimSigner(core.dkim_keys, run_in_thread, reactor, config.domains,
+                        config.hostname)
+    router = MXRouter(dns_client.createResolver(), config.relay.smarthost)
+    client = SMTPDeliveryClient(tcp_endpoint_factory(reactor), reactor, config.hostname)
+    queue = OutboundQueue(core.queue_store, signer, router, client, deliver_local, reactor,
+                          config.hostname, config.domains)
+    return queue, OutboundScheduler(queue, reactor)
 
 
 def listen(parent, reactor, config, name, factory, tls_context=None):
@@ -111,8 +142,17 @@ def makeService(options):
     top = service.MultiService()
     _DatabaseService(core.db).setServiceParent(top)
     tls_context = tls.server_context(config.tls) if config.tls else None
+    # build_outbound(...)[0].enqueue is what submission and webmail hand remote mail to
+    _, outbound_scheduler = build_outbound(core, reactor)
+    outbound_scheduler.setServiceParent(top)
 
     if config.listen.web:
-        web = WebRoot(health_checks={"database": core.db.ping})
-        listen(top, reactor, config, "web", Site(web.resource()), tls_context)
+        web = build_root(config, reactor, core.accounts, core.auth, core.mail,
+                         health_checks={"database": core.db.ping})
+        sessions = web.web.sessions
+        # a removed mailbox's webmail sessions end with it
+        core.accounts.removal_hooks.append(
+            lambda mailbox: sessions.destroy_account(MAILBOX, mailbox.username))
+        internet.TimerService(300, sessions.sweep).setServiceParent(top)
+        listen(top, reactor, config, "web", make_site(web, config.limits), tls_context)
     return top

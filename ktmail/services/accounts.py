@@ -115,6 +115,16 @@ class AccountService:
         await self._forget_mailbox(mailbox, actor, reason)
         return mailbox
 
+    @deferred
+    async def remove_inactive_mailbox(self, username, inactive_since, actor, reason=""):
+        """Remove the mailbox only if nobody logged in after ``inactive_since``;
+        -> the removed Mailbox, or None if it was used meanwhile."""
+        mailbox = await self.accounts.get_mailbox_by_username(normalize_username(username))
+        removed = await self.accounts.remove_mailbox(mailbox.id, inactive_since=inactive_since)
+        if removed is not None:
+            await self._forget_mailbox(removed, actor, reason)
+        return removed
+
     async def _forget_mailbox(self, mailbox, actor, reason):
         await self.mail.remove_mailbox(mailbox.id)
         for hook in self.removal_hooks:
@@ -143,3 +153,7 @@ class AccountService:
 
     def get_mailbox(self, username):
         return self.accounts.get_mailbox_by_username(username.strip().lower())
+
+    def find_mailbox_by_address(self, address):
+        """-> Mailbox at ``address`` (an Address). NoSuchMailbox."""
+        return self.accounts.get_mailbox_by_address(address)

@@ -71,8 +71,13 @@ class IAccountStore(Interface):
     def list_mailboxes(customer_id=None):
         """-> [Mailbox] of one customer (or all), ordered by address."""
 
-    def remove_mailbox(mailbox_id):
-        """-> the removed Mailbox. NoSuchMailbox."""
+    def remove_mailbox(mailbox_id, inactive_since=None):
+        """-> the removed Mailbox. NoSuchMailbox.
+
+        With ``inactive_since``, remove it only if nobody has logged in
+        after that time (last login, or creation if never): otherwise
+        return None and remove nothing. The check and the removal are one
+        transaction, so a login racing the inactivity job wins."""
 
     def record_login(mailbox_id, now):
         """Set last_login and clear warnings_sent. -> None."""
@@ -256,3 +261,66 @@ class IMailStore(Interface):
         """Remove stale tmp/ files (Maildir: older than 36 h, or left by a
         crashed earlier process of this host) of every mailbox.
         -> int removed. Called once at daemon start."""
+
+
+class IQueueStore(Interface):
+    """The outbound queue (SPEC §5): one entry per message, with the message
+    bytes and a ``model.QueueEntry`` (envelope and per-recipient state).
+
+    Invariants kept by every implementation:
+    - ``add`` is durable before its Deferred fires (message, entry and
+      directory fsynced); an entry is never visible without its message;
+    - ``update`` is an atomic, durable read-modify-write: concurrent updates
+      (the daemon and ``ktmail-admin``) never lose each other's changes, and
+      after a crash the entry is either the old or the new version;
+    - entry ids are ``[a-z0-9-]{1,64}``; anything else is NotFound.
+    """
+
+    def add(entry, message_path):
+        """Queue ``entry`` with the message file at ``message_path`` (linked or
+        copied; the caller may delete its file afterwards). -> None.
+        AlreadyExists if an entry with that id is queued."""
+
+    def add_bytes(entry, message):
+        """Queue ``entry`` with ``message`` (small messages such as DSNs). -> None.
+        AlreadyExists if an entry with that id is queued."""
+
+    def get(entry_id):
+        """-> QueueEntry. NotFound."""
+
+    def list_entries():
+        """-> [QueueEntry], oldest first."""
+
+    def update(entry_id, change):
+        """Apply ``change(entry) -> entry`` atomically and durably. ``change``
+        is pure and may run on another thread. -> the new QueueEntry, or
+        None if the entry is gone (removed meanwhile)."""
+
+    def remove(entry_id):
+        """Delete the entry and its message. -> None. NotFound."""
+
+    def open_message(entry_id):
+        """-> a binary file object reading the message bytes (without the
+        DKIM header). NotFound. The caller closes it; it stays readable
+        even if the entry is removed meanwhile."""
+
+    def notify_changed():
+        """Tell a running daemon that entries were changed from outside
+        (``ktmail-admin queue retry``). -> None."""
+
+    def change_token():
+        """-> a value that differs after each ``notify_changed``."""
+
+    def recover():
+        """Clean up after a crash: drop half-written files. Called once at
+        start-up, before the first ``list_entries``. -> number cleaned."""
+
+
+class IDkimKeyStore(Interface):
+    """DKIM signing keys, one RSA key per domain, created on first use."""
+
+    def private_key(domain):
+        """-> (selector, PEM bytes of the private key); creates it if missing."""
+
+    def public_record(domain):
+        """-> (DNS name, TXT value) to publish; creates the key if missing."""

@@ -6,6 +6,7 @@ means something."""
 import io
 import itertools
 import os
+import re
 import tempfile
 
 import attrs
@@ -32,7 +33,7 @@ from ktmail.model import (
     MessageInfo,
     StoredMessage,
 )
-from ktmail.store import IAccountStore, IAuditLog, ICounterStore, IMailStore
+from ktmail.store import IAccountStore, IAuditLog, ICounterStore, IMailStore, IQueueStore
 from ktmail.store.folder_names import (
     INBOX,
     is_below,
@@ -183,11 +184,13 @@ class MemoryStore:
         return self._list(customer_id)
 
     @_answer
-    def remove_mailbox(self, mailbox_id):
-        try:
-            return self._mailboxes.pop(mailbox_id)[0]
-        except KeyError:
-            raise errors.NoSuchMailbox() from None
+    def remove_mailbox(self, mailbox_id, inactive_since=None):
+        if mailbox_id not in self._mailboxes:
+            raise errors.NoSuchMailbox()
+        mailbox = self._mailboxes[mailbox_id][0]
+        if inactive_since is not None and mailbox.last_activity > inactive_since:
+            return None
+        return self._mailboxes.pop(mailbox_id)[0]
 
     @_answer
     def record_login(self, mailbox_id, now):
@@ -587,4 +590,80 @@ class MemoryMailStore:
 
     @_answer
     def clean_stale_files(self):
+        return 0
+
+
+_ENTRY_ID = re.compile(r"[a-z0-9-]{1,64}\Z")
+
+
+@implementer(IQueueStore)
+class MemoryQueueStore:
+    """The outbound queue in memory: entries and message bytes in dicts."""
+
+    def __init__(self):
+        self._entries = {}     # id -> QueueEntry
+        self._messages = {}    # id -> bytes
+        self._token = 0
+
+    def _check(self, entry_id):
+        if not isinstance(entry_id, str) or not _ENTRY_ID.match(entry_id) \
+                or entry_id not in self._entries:
+            raise errors.NotFound(f"There is no queued message '{entry_id}'.")
+
+    @_answer
+    def add(self, entry, message_path):
+        with open(message_path, "rb") as f:
+            data = f.read()
+        self._add(entry, data)
+
+    @_answer
+    def add_bytes(self, entry, message):
+        self._add(entry, bytes(message))
+
+    def _add(self, entry, data):
+        if not _ENTRY_ID.match(entry.id):
+            raise errors.NotFound(f"There is no queued message '{entry.id}'.")
+        if entry.id in self._entries:
+            raise errors.AlreadyExists(f"Message '{entry.id}' is already queued.")
+        self._entries[entry.id] = entry
+        self._messages[entry.id] = data
+
+    @_answer
+    def get(self, entry_id):
+        self._check(entry_id)
+        return self._entries[entry_id]
+
+    @_answer
+    def list_entries(self):
+        return sorted(self._entries.values(), key=lambda e: (e.created, e.id))
+
+    @_answer
+    def update(self, entry_id, change):
+        if entry_id not in self._entries:
+            return None
+        new = change(self._entries[entry_id])
+        self._entries[entry_id] = new
+        return new
+
+    @_answer
+    def remove(self, entry_id):
+        self._check(entry_id)
+        del self._entries[entry_id]
+        del self._messages[entry_id]
+
+    @_answer
+    def open_message(self, entry_id):
+        self._check(entry_id)
+        return io.BytesIO(self._messages[entry_id])
+
+    @_answer
+    def notify_changed(self):
+        self._token += 1
+
+    @_answer
+    def change_token(self):
+        return self._token
+
+    @_answer
+    def recover(self):
         return 0

@@ -310,8 +310,10 @@ def list_mailboxes_txn(conn, customer_id=None):
     return [_mailbox(r) for r in rows]
 
 
-def remove_mailbox_txn(conn, mailbox_id):
+def remove_mailbox_txn(conn, mailbox_id, inactive_since=None):
     mailbox = get_mailbox_txn(conn, mailbox_id)
+    if inactive_since is not None and mailbox.last_activity > inactive_since:
+        return None
     conn.execute("DELETE FROM mailboxes WHERE id=?", (mailbox_id,))
     return mailbox
 
@@ -417,8 +419,8 @@ class SQLiteStore:
     def list_mailboxes(self, customer_id=None):
         return self._read(list_mailboxes_txn, customer_id)
 
-    def remove_mailbox(self, mailbox_id):
-        return self._write(remove_mailbox_txn, mailbox_id)
+    def remove_mailbox(self, mailbox_id, inactive_since=None):
+        return self._write(remove_mailbox_txn, mailbox_id, inactive_since)
 
     def record_login(self, mailbox_id, now):
         return self._write(record_login_txn, mailbox_id, now)
