@@ -99,6 +99,9 @@ def connect(path):
         # every commit is on disk before the caller answers a client: a UID
         # reported to a client is never handed out again after a power loss
         conn.execute("PRAGMA synchronous=FULL")
+        # reads of a big folder come straight from the page cache, without copies
+        conn.execute("PRAGMA mmap_size=268435456")
+        conn.execute("PRAGMA cache_size=-16384")
         created = False
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -319,21 +322,72 @@ def message_key(filename):
 
 
 def info_of(row, flag_sets=_FLAG_SETS):
-    """MessageRow or a raw tuple in _MESSAGE_COLUMNS order -> MessageInfo."""
+    """A raw tuple in _MESSAGE_COLUMNS order -> MessageInfo."""
     (uid, filename, _subdir, sysflags, keywords, size, internal_date, saved_at, modseq,
      recent) = row
-    return MessageInfo(uid=uid, key=message_key(filename),
-                       flags=flag_sets.flags(sysflags, keywords), size=size,
-                       internal_date=internal_date, saved_at=saved_at, modseq=modseq,
-                       recent=bool(recent))
+    return MessageInfo(uid, message_key(filename), flag_sets.flags(sysflags, keywords), size,
+                       internal_date, saved_at, modseq, bool(recent))
+
+
+# the key computed by SQLite: one Python string operation less per row
+_INFO_COLUMNS = ("uid, substr(filename, 1, instr(filename || ':', ':') - 1), sysflags, "
+                 "keywords, size, internal_date, saved_at, modseq, recent")
 
 
 def message_infos(conn, folder_id):
-    """-> [MessageInfo] of a folder, ascending UID, built as cheaply as possible."""
-    flag_sets = FlagSets()
-    rows = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE folder_id=? "
-                        "ORDER BY uid", (folder_id,))
-    return [info_of(r, flag_sets) for r in rows]
+    """-> [MessageInfo] of a folder, ascending UID.
+
+    The hot path of loading a folder: one query, and one tuple per row built
+    without any per-field Python call (a 100,000-message folder loads in a
+    fraction of a second)."""
+    flag_sets = {}
+    make = tuple.__new__
+    out = []
+    append = out.append
+    for uid, key, sysflags, keywords, size, internal_date, saved_at, modseq, recent in \
+            conn.execute(f"SELECT {_INFO_COLUMNS} FROM messages WHERE folder_id=? ORDER BY uid",
+                         (folder_id,)):
+        flags = flag_sets.get((sysflags, keywords))
+        if flags is None:
+            flags = flag_sets[(sysflags, keywords)] = _FLAG_SETS.flags(sysflags, keywords)
+        append(make(MessageInfo, (uid, key, flags, size, internal_date, saved_at, modseq,
+                                  recent == 1)))
+    return out
+
+
+def raw_message_rows(conn, folder_id):
+    """-> [tuple in _MESSAGE_COLUMNS order] of a folder, ascending UID (the
+    disk check uses the file names; ``infos_from_raw`` turns the same rows
+    into MessageInfos when nothing had to change)."""
+    return conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE folder_id=? "
+                        "ORDER BY uid", (folder_id,)).fetchall()
+
+
+def infos_from_raw(rows):
+    """raw_message_rows() -> [MessageInfo]."""
+    flag_sets = {}
+    make = tuple.__new__
+    out = []
+    append = out.append
+    for (uid, filename, _subdir, sysflags, keywords, size, internal_date, saved_at, modseq,
+         recent) in rows:
+        flags = flag_sets.get((sysflags, keywords))
+        if flags is None:
+            flags = flag_sets[(sysflags, keywords)] = _FLAG_SETS.flags(sysflags, keywords)
+        append(make(MessageInfo, (uid, filename.split(":", 1)[0], flags, size, internal_date,
+                                  saved_at, modseq, recent == 1)))
+    return out
+
+
+def message_rows_by_filename(conn, folder_id, filenames):
+    """-> [MessageRow] whose file name is one of ``filenames``."""
+    found = []
+    for chunk in _chunks(sorted(set(filenames)), 500):
+        marks = ",".join("?" * len(chunk))
+        found.extend(MessageRow(*r) for r in conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE folder_id=? "
+            f"AND filename IN ({marks})", (folder_id, *chunk)))
+    return found
 
 
 def message_rows(conn, folder_id, uids=None):

@@ -57,6 +57,7 @@ from ktmail.model import (
     FLAGS_ADD,
     FLAGS_REMOVE,
     FLAGS_REPLACE,
+    INBOX,
     SPECIAL_USE,
     CopyResult,
     Expunged,
@@ -67,17 +68,13 @@ from ktmail.model import (
     FolderStatus,
     MailUsage,
     StoredMessage,
-)
-from ktmail.store import IMailStore
-from ktmail.store import folder_index as index
-from ktmail.store.folder_names import (
-    INBOX,
-    folder_dirname,
-    folder_name_from_dirname,
     is_below,
     normalize_folder_name,
     parent_names,
 )
+from ktmail.store import IMailStore
+from ktmail.store import folder_index as index
+from ktmail.store.folder_names import folder_dirname, folder_name_from_dirname
 from ktmail.store.message_flags import check_flags
 
 log = Logger()
@@ -539,32 +536,54 @@ class MaildirMailbox:
                 result.append(recorded[i])
         index.set_dir_mtimes(self._conn, row.id, *result)
 
-    def _sync_folder(self, row, force=False):
-        """Bring the index of one folder in step with its directory. -> fresh row."""
+    def _sync_folder(self, row, force=False, keep_rows=None):
+        """Bring the index of one folder in step with its directory. -> fresh row.
+        If ``keep_rows`` (a list) is given and the index rows were read and
+        found in step with the disk, they are put in it (saves reading them
+        again for a load).
+
+        Cheap when nothing changed: two stats. On the first use in this
+        process (or when an mtime moved) the directory listings are compared
+        with the index as sets of names; only names that differ are looked at
+        one by one."""
         mtimes = self._dir_mtimes(row)
         scanned_key = (row.id, row.uidvalidity)
         if (not force and scanned_key in self._scanned
                 and [row.new_mtime_ns, row.cur_mtime_ns] == mtimes):
             return row
         base = self._folder_dir(row)
-        on_disk = {}
+        on_disk = {sub: {n for n in os.listdir(os.path.join(base, sub)) if n[:1] != "."}
+                   for sub in ("new", "cur")}
+        raw_rows = index.raw_message_rows(self._conn, row.id)
+        indexed = {"new": set(), "cur": set()}
+        for r in raw_rows:
+            indexed[r[2]].add(r[1])
+        if on_disk == indexed:
+            if keep_rows is not None:
+                keep_rows.extend(raw_rows)
+            if [row.new_mtime_ns, row.cur_mtime_ns] != mtimes:
+                with self._transaction() as conn:
+                    self._record_mtimes(conn, row, *mtimes)
+            self._scanned.add(scanned_key)
+            return index.folder_row_by_id(self._conn, row.id)
+        # names present on one side only: new files, vanished ones, renames
+        appeared = {}  # key -> (subdir, filename)
         for sub in ("new", "cur"):
-            with os.scandir(os.path.join(base, sub)) as it:
-                for entry in it:
-                    if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
-                        continue
-                    key = index.message_key(entry.name)
-                    if key in on_disk and on_disk[key][0] == "cur":
-                        continue
-                    on_disk[key] = (sub, entry.name)
+            for name in on_disk[sub] - indexed[sub]:
+                if not os.path.isfile(os.path.join(base, sub, name)):
+                    continue
+                key = index.message_key(name)
+                if key in appeared and appeared[key][0] == "cur":
+                    continue
+                appeared[key] = (sub, name)
+        missing = [f for sub in ("new", "cur") for f in indexed[sub] - on_disk[sub]]
         with self._transaction() as conn:
-            rows = {index.message_key(r.filename): r for r in index.message_rows(conn, row.id)}
-            gone = [r for key, r in rows.items() if key not in on_disk]
-            renamed = []
-            for key, r in rows.items():
-                if key in on_disk and on_disk[key] != (r.subdir, r.filename):
-                    renamed.append((r, *on_disk[key]))
-            found = sorted((name, sub) for key, (sub, name) in on_disk.items() if key not in rows)
+            rows = {index.message_key(r.filename): r
+                    for r in index.message_rows_by_filename(conn, row.id, missing)}
+            gone = [r for key, r in rows.items() if key not in appeared]
+            renamed = [(r, *appeared[key]) for key, r in rows.items() if key in appeared]
+            found = sorted((name, sub) for key, (sub, name) in appeared.items()
+                           if key not in rows)
             modseq = None
             if gone or renamed or found:
                 modseq = index.next_modseq(conn, row.id)
@@ -778,8 +797,13 @@ class MaildirMailbox:
         return self._status(self._folder(name))
 
     def open_folder(self, name):
-        row = self._folder(name)
-        infos = index.message_infos(self._conn, row.id)
+        row = self._folder(name, sync=False)
+        raw_rows = []
+        row = self._sync_folder(row, keep_rows=raw_rows)
+        if raw_rows or row.uidnext == 1:
+            infos = index.infos_from_raw(raw_rows)
+        else:
+            infos = index.message_infos(self._conn, row.id)
         return FolderSnapshot(status=self._status(row, infos), messages=tuple(infos))
 
     def changes_since(self, name, modseq):

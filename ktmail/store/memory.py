@@ -19,6 +19,7 @@ from ktmail.model import (
     FLAGS_ADD,
     FLAGS_REMOVE,
     FLAGS_REPLACE,
+    INBOX,
     SPECIAL_USE,
     CopyResult,
     Customer,
@@ -32,14 +33,11 @@ from ktmail.model import (
     MailUsage,
     MessageInfo,
     StoredMessage,
-)
-from ktmail.store import IAccountStore, IAuditLog, ICounterStore, IMailStore, IQueueStore
-from ktmail.store.folder_names import (
-    INBOX,
     is_below,
     normalize_folder_name,
     parent_names,
 )
+from ktmail.store import IAccountStore, IAuditLog, ICounterStore, IMailStore, IQueueStore
 from ktmail.store.maildir import CRLFWriter
 from ktmail.store.message_flags import check_flags
 
@@ -479,7 +477,7 @@ class MemoryMailStore:
             if modseq is None:
                 folder.highestmodseq += 1
                 modseq = folder.highestmodseq
-            message.info = attrs.evolve(message.info, flags=frozenset(new), modseq=modseq)
+            message.info = message.info._replace(flags=frozenset(new), modseq=modseq)
             changed.append(message.info)
         return FlagChanges(changed=tuple(changed), modified=tuple(modified),
                            highestmodseq=folder.highestmodseq)
@@ -491,7 +489,7 @@ class MemoryMailStore:
         claimed = []
         for uid, message in folder.messages.items():
             if message.info.recent and (wanted is None or uid in wanted):
-                message.info = attrs.evolve(message.info, recent=False)
+                message.info = message.info._replace(recent=False)
                 claimed.append(uid)
         return tuple(claimed)
 
@@ -516,7 +514,7 @@ class MemoryMailStore:
         added, uid_map = [], []
         for uid in uids:
             message = source.messages[uid]
-            info = attrs.evolve(message.info, uid=target.uidnext,
+            info = message.info._replace(uid=target.uidnext,
                                 key=message.info.key if keep else f"m{next(self._keys)}",
                                 saved_at=now, modseq=target.highestmodseq,
                                 recent=message.info.recent if keep else True)
