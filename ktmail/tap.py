@@ -14,6 +14,7 @@ from twisted.application import internet, service, strports
 from twisted.internet import defer, threads
 from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.logger import Logger
 from twisted.python import usage
 
 from ktmail import errors, tls
@@ -21,7 +22,9 @@ from ktmail.config import ConfigError, load_config
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
+from ktmail.services.delivery import DeliveryService, GtubeSpamFilter
 from ktmail.services.dkim import DkimSigner
+from ktmail.services.mailboxes import MailboxService
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
 from ktmail.services.routing import MXRouter
 from ktmail.store.dkimkeys import DiskDkimKeyStore
@@ -30,6 +33,9 @@ from ktmail.store.queue import DiskQueueStore
 from ktmail.store.sqlite import Database, SQLiteStore, ThreadRunner
 from ktmail.web.app import build_root, make_site
 from ktmail.web.sessions import MAILBOX
+
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -52,6 +58,25 @@ def reactor_thread_runner(reactor):
     def run(fn, *args):
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
     return run
+
+
+class _MailHousekeeping(service.Service):
+    """At daemon start (never in ktmail-admin, which may run beside it):
+    remove stale tmp/ files of every Maildir and spool files of earlier
+    runs, in the background."""
+
+    def __init__(self, core):
+        self.core = core
+
+    def startService(self):
+        service.Service.startService(self)
+        for what, clean in (("stale Maildir tmp/ files", self.core.mail.clean_stale_files),
+                            ("stale spool files", self.core.delivery.clean_spool)):
+            d = clean()
+            d.addCallback(lambda n, what=what: n and log.info(
+                "removed {n} {what}", n=n, what=what))
+            d.addErrback(lambda f, what=what: log.failure(
+                "removing {what} failed", f, what=what))
 
 
 class _DatabaseService(service.Service):
@@ -80,6 +105,12 @@ class Core:
     accounts: object
     queue_store: object = None
     dkim_keys: object = None
+    #: services.mailboxes.MailboxService (IMAP, POP3, webmail)
+    mailboxes: object = None
+    #: services.delivery.DeliveryService (SMTP, outbound DSNs, webmail, lifecycle)
+    delivery: object = None
+    #: the SpamFilter seam (services.delivery.GtubeSpamFilter until the filter lands)
+    spam: object = None
 
 
 def build_core(config, reactor):
@@ -94,10 +125,18 @@ def build_core(config, reactor):
     auth = AuthService(store, hasher, throttle, reactor)
     accounts = AccountService(store, mail, store, hasher, config.domains, config.limits,
                               reactor)
+    spam = GtubeSpamFilter(run_in_thread, required=config.spam.required_score)
+    mailboxes = MailboxService(mail, spam, config.limits, reactor)
+    delivery = DeliveryService(store, mailboxes, spam, config.limits, config.domains, reactor,
+                               os.path.join(config.data_dir, "spool"), run_in_thread)
+    # sessions of a removed mailbox lose their folders with it
+    accounts.removal_hooks.append(mailboxes.close_mailbox)
+    accounts.removal_hooks.append(spam.forget_mailbox)
     return Core(config=config, reactor=reactor, db=db, store=store, mail=mail, hasher=hasher,
                 throttle=throttle, auth=auth, accounts=accounts,
                 queue_store=DiskQueueStore(config.data_dir, run_in_thread),
-                dkim_keys=DiskDkimKeyStore(config.data_dir, run_in_thread))
+                dkim_keys=DiskDkimKeyStore(config.data_dir, run_in_thread),
+                mailboxes=mailboxes, delivery=delivery, spam=spam)
 
 
 def _local_delivery_unavailable(recipient, message_file):
@@ -142,8 +181,12 @@ def makeService(options):
     top = service.MultiService()
     _DatabaseService(core.db).setServiceParent(top)
     tls_context = tls.server_context(config.tls) if config.tls else None
+    _MailHousekeeping(core).setServiceParent(top)
+    # changes made by ktmail-admin or other Maildir tools reach open sessions
+    internet.TimerService(5, core.mailboxes.refresh_all).setServiceParent(top)
     # build_outbound(...)[0].enqueue is what submission and webmail hand remote mail to
-    _, outbound_scheduler = build_outbound(core, reactor)
+    _, outbound_scheduler = build_outbound(core, reactor,
+                                           deliver_local=core.delivery.deliver_local)
     outbound_scheduler.setServiceParent(top)
 
     if config.listen.web:

@@ -16,6 +16,9 @@ FORBIDDEN = {
     "ktmail.model": ["ktmail.store", "ktmail.services", "ktmail.protocols", "ktmail.web",
                      "ktmail.cli", "ktmail.tap", "ktmail.config"],
     "ktmail.errors": ["ktmail."],
+    # pure MIME parsing: bottom layer, like model
+    "ktmail.mime": ["ktmail.store", "ktmail.services", "ktmail.protocols", "ktmail.web",
+                    "ktmail.cli", "ktmail.tap", "ktmail.config"],
     "ktmail.config": ["ktmail.store", "ktmail.services", "ktmail.protocols", "ktmail.web",
                       "ktmail.cli", "ktmail.tap"],
     "ktmail.store": ["ktmail.services", "ktmail.protocols", "ktmail.web", "ktmail.cli",
@@ -33,6 +36,7 @@ FORBIDDEN_LIBRARIES = {
     "ktmail.protocols": ["sqlite3"],
     "ktmail.web": ["sqlite3", "twisted.mail"],
     "ktmail.model": ["twisted"],
+    "ktmail.mime": ["twisted", "sqlite3"],
 }
 
 

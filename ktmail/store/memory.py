@@ -570,6 +570,7 @@ class MemoryMailStore:
         message = self._message(mailbox_id, name, uid)
         if self._files_dir is None:
             self._files_dir = tempfile.mkdtemp(prefix="ktmail-memory-mail-")
+        os.makedirs(self._files_dir, exist_ok=True)
         path = os.path.join(self._files_dir, f"{int(mailbox_id)}-{message.info.key}")
         with open(path, "wb") as f:
             f.write(message.data)
