@@ -340,7 +340,10 @@ def _part_texts(fileobj, part):
         return
     raw = _read_range(fileobj, part.body_start, part.body_end, MAX_PART_TEXT)
     data = mime.decode_body(raw, part.encoding)
-    text = mime.decode_bytes(data, part.charset)
+    charset = part.charset
+    if not charset or charset.strip().lower() in ("us-ascii", "ascii"):
+        charset = None  # undeclared or 7-bit: 8-bit bytes are most likely UTF-8
+    text = mime.decode_bytes(data, charset)
     if part.media_subtype == "html":
         text = _strip_tags(text)
     yield text.casefold()

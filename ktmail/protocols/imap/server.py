@@ -591,7 +591,10 @@ class IMAPServer(imap4.IMAP4Server):
                 c.encode() for c in parser.SEARCH_CHARSETS) + b")] Unsupported charset.")
             return
         self._current = name
-        d = defer.ensureDeferred(fn(self, tag, *values))
+        try:
+            d = defer.ensureDeferred(fn(self, tag, *values))
+        except Exception:
+            d = defer.fail()
         d.addErrback(self._failed, tag, name)
         d.addBoth(self._command_done, framed)
         if not d.called:
@@ -750,8 +753,9 @@ class IMAPServer(imap4.IMAP4Server):
         await self._authenticate(tag, username.decode("utf-8", "replace"),
                                  password.decode("utf-8", "replace"))
 
-    async def do_AUTHENTICATE(self, tag, mechanism, initial):
+    async def do_AUTHENTICATE(self, tag, arguments):
         """RFC 3501 §6.2.2 with SASL-IR (RFC 4959): PLAIN (RFC 4616) only."""
+        mechanism, initial = arguments
         if mechanism.upper() != b"PLAIN":
             self._answer(tag, b"NO", b"[CANNOT] Unsupported mechanism; use PLAIN.")
             return
