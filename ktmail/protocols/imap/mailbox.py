@@ -178,11 +178,16 @@ class SelectedFolder:
         self.session = None
 
     def attach(self, session):
-        """Start listening; claim \\Recent when read-write (RFC 3501 §2.3.2)."""
+        """Start listening; claim \\Recent when read-write (RFC 3501 §2.3.2).
+        Read-only (EXAMINE) sees the messages nobody claimed as \\Recent
+        without taking the flag from them (RFC 3501 §6.3.2)."""
         self.session = session
         self.live.add_listener(self)
         if self.rw:
             self.recent = set(self.live.take_recent()) & set(self.uids)
+        else:
+            info = self.live.info
+            self.recent = {u for u in self.uids if (i := info(u)) is not None and i.recent}
 
     def detach(self):
         """Stop listening and give the live folder back (idempotent)."""

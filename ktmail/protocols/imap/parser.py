@@ -24,7 +24,9 @@ from ktmail.services import search as q
 LITERAL_MARKER = re.compile(rb"\{(\d{1,19})(\+?)\}\Z")
 
 _ATOM = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\\]]+")
-_ASTRING = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\]+")
+# 8-bit bytes are taken in atoms and quoted strings although RFC 3501 wants
+# literals for them: clients send UTF-8 search strings and names that way
+_ASTRING = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\]+")
 _LIST_MAILBOX = re.compile(rb"[^\x00-\x20\x7f-\xff(){\"\\]+")
 _TAG = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\+]+\Z")
 _NUMBER = re.compile(rb"\d+")
