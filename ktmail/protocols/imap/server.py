@@ -378,6 +378,10 @@ class IMAPServer(imap4.IMAP4Server):
     def _drop(self):
         self._deselect()
         self.state = "logout"
+        # a registered producer holds back the TLS close (twisted.protocols.tls)
+        if getattr(self.transport, "producer", True) is not None:
+            self.transport.unregisterProducer()
+        self._gate.stopProducing()
         self.transport.loseConnection()
 
     @property
