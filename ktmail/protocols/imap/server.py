@@ -52,6 +52,8 @@ MAX_MEMORY_LITERAL = 64 * 1024
 MAX_LITERAL_UNAUTHENTICATED = 8 * 1024
 #: command bytes held in memory (lines plus in-memory literals)
 MAX_COMMAND_BYTES = 1024 * 1024
+#: pipelined input held while a command runs before the socket stops being read
+MAX_BUFFERED = 256 * 1024
 #: failed logins on one connection before it is closed
 MAX_AUTH_FAILURES = 5
 #: a body larger than this is streamed from the file in chunks
@@ -337,6 +339,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._literal = None
         self._skipping = False
         self._overflowed = False
+        self._transport_paused = False
         self._busy = None
         self._current = None
         self._line_waiter = None
@@ -353,6 +356,7 @@ class IMAPServer(imap4.IMAP4Server):
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", "") or ""
         self.transport.registerProducer(self._gate, True)
+        _no_delay(self.transport)
         super().connectionMade()
 
     def connectionLost(self, reason):
@@ -423,6 +427,9 @@ class IMAPServer(imap4.IMAP4Server):
         while self._overflowed and not self._busyReceiving:
             self._overflowed = False
             super().dataReceived(b"")
+        if self.paused and not self._transport_paused and len(self._buffer) > MAX_BUFFERED:
+            self._transport_paused = True
+            self.transport.pauseProducing()
 
     def lineLengthExceeded(self, line):
         """RFC 3501 §4: answer BAD and go on with the next line (Twisted drops
@@ -543,12 +550,18 @@ class IMAPServer(imap4.IMAP4Server):
     # --- running commands one at a time ---
 
     def _stop_reading(self):
-        if not self.paused and not self._gone:
-            self.pauseProducing()
+        """Hold further lines in LineReceiver's buffer (the transport keeps
+        reading until the buffer passes MAX_BUFFERED: pausing the socket for
+        every command would cost two epoll calls each)."""
+        self.paused = True
 
     def _start_reading(self):
         if self.paused and not self._gone:
-            self.resumeProducing()
+            self.paused = False
+            if self._transport_paused:
+                self._transport_paused = False
+                self.transport.resumeProducing()
+            self.dataReceived(b"")
 
     def _wait_for_line(self):
         """-> Deferred[bytes] of the client's next line (AUTHENTICATE, IDLE)."""
@@ -1215,8 +1228,8 @@ class IMAPServer(imap4.IMAP4Server):
             if len(out) >= FAST_BATCH:
                 await self._write_slice(out)
                 out = []
-        if out:
-            await self._write_slice(out)
+        if out and not self._gone:
+            self.transport.write(b"".join(out))
 
     async def _write_slice(self, lines):
         if self._gone:
@@ -1432,6 +1445,23 @@ def _range_reader(reads):
 def _read_at(fileobj, position, size):
     fileobj.seek(position)
     return fileobj.read(size)
+
+
+def _no_delay(transport):
+    """TCP_NODELAY on the socket under the TLS layer: responses are written
+    in whole pieces already, and Nagle's algorithm would hold a tagged reply
+    back for the client's delayed ACK (40 ms per command)."""
+    for _ in range(4):
+        if transport is None:
+            return
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+            return
+        transport = getattr(transport, "transport", None)
 
 
 class IMAPFactory(protocol.Factory):
