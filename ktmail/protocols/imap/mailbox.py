@@ -19,12 +19,25 @@ Invariants of ``SelectedFolder`` (RFC 3501 §2.3.1.2, §5.2, §7.4.1):
 """
 
 import bisect
+import email.utils
+import io
 import re
 
+from twisted.internet import defer
 from twisted.mail import imap4
 from zope.interface import implementer
 
-from ktmail.model import DELETED, INBOX, SEPARATOR, SYSTEM_FLAGS, normalize_folder_name
+from ktmail import errors, mime
+from ktmail.model import (
+    DELETED,
+    FLAGS_ADD,
+    FLAGS_REMOVE,
+    FLAGS_REPLACE,
+    INBOX,
+    SEPARATOR,
+    SYSTEM_FLAGS,
+    normalize_folder_name,
+)
 from ktmail.protocols.imap import wire
 from ktmail.protocols.imap.parser import ParseError
 from ktmail.services.mailboxes import IFolderListener
@@ -359,14 +372,117 @@ class SelectedFolder:
         d.addCallback(lambda _: seqs)
         return d
 
+    def _members(self, messages, uid):
+        """(seq, uid) of a Twisted MessageSet: our list is walked and tested
+        against it (TWISTED-NOTES §1.4: never iterate a UID set)."""
+        messages.last = (self.uids[-1] if self.uids else 0) if uid else len(self.uids)
+        if uid:
+            return [(n, u) for n, u in enumerate(self.uids, 1) if u in messages]
+        return [(n, self.uids[n - 1]) for n in messages if 0 < n <= len(self.uids)]
+
     def fetch(self, messages, uid):
-        raise NotImplementedError("FETCH is served by the session's batched writer")
+        """Twisted's IMailbox.fetch: -> Deferred[[(seq, MessageAdapter)]] with
+        each message file open. The session itself serves FETCH with its
+        batched writer; this is for Twisted-interface callers (few messages)."""
+        members = [(n, u) for n, u in self._members(messages, uid)
+                   if self.live.info(u) is not None]
+
+        async def load():
+            summaries = await self.live.details([u for _, u in members])
+            out = []
+            for n, u in members:
+                if u not in summaries:
+                    continue
+                try:
+                    fileobj = await self.live.open_message(u)
+                except errors.NoSuchMessage:
+                    continue
+                out.append((n, MessageAdapter(self.live.info(u), summaries[u].structure,
+                                              fileobj, u in self.recent)))
+            return out
+        return defer.ensureDeferred(load())
 
     def store(self, messages, flags, mode, uid):
-        raise NotImplementedError("STORE is served by the session")
+        """Twisted's IMailbox.store (mode -1 remove, 0 replace, 1 add):
+        -> Deferred[{seq: [flags]}]."""
+        members = self._members(messages, uid)
+        action = {-1: FLAGS_REMOVE, 0: FLAGS_REPLACE, 1: FLAGS_ADD}[mode]
+        d = self.live.set_flags([u for _, u in members], list(flags), action, origin=self)
+
+        def answer(_):
+            return {n: sorted(self.live.info(u).flags) for n, u in members
+                    if self.live.info(u) is not None}
+        return d.addCallback(answer)
 
     def close(self):
         self.detach()
 
     def __repr__(self):
         return f"<SelectedFolder {self.live!r} {'rw' if self.rw else 'ro'}>"
+
+
+@implementer(imap4.IMessagePart)
+class PartAdapter:
+    """A MIME part (``mime.Part``) of an open message file, for Twisted's
+    IMessagePart. Reads are small and synchronous on the open file."""
+
+    def __init__(self, part, fileobj):
+        self.part = part
+        self.fileobj = fileobj
+
+    def _read(self, start, end):
+        self.fileobj.seek(start)
+        return self.fileobj.read(max(0, end - start))
+
+    def getHeaders(self, negate, *names):
+        wanted = {n.lower() for n in names}
+        block = self._read(self.part.header_start, self.part.header_end)
+        out = {}
+        for name, value in mime.parse_header_block(block):
+            if not names or (name in wanted) != negate:
+                out.setdefault(name, mime.unfold(value))
+        return out
+
+    def getBodyFile(self):
+        return io.BytesIO(self._read(self.part.body_start, self.part.body_end))
+
+    def getSize(self):
+        return self.part.size
+
+    def isMultipart(self):
+        return self.part.is_multipart
+
+    def getSubPart(self, part):
+        if not self.part.is_multipart:
+            raise TypeError("not a multipart")
+        return PartAdapter(self.part.children[part], self.fileobj)
+
+
+@implementer(imap4.IMessage, imap4.IMessageFile)
+class MessageAdapter(PartAdapter):
+    """One message for Twisted's IMessage/IMessageFile: its index entry, its
+    MIME tree and its open file (the caller closes it with ``close``)."""
+
+    def __init__(self, info, structure, fileobj, recent=False):
+        super().__init__(structure, fileobj)
+        self.info = info
+        self.recent = recent
+
+    def getUID(self):
+        return self.info.uid
+
+    def getFlags(self):
+        return sorted(self.info.flags) + (["\\Recent"] if self.recent else [])
+
+    def getInternalDate(self):
+        return email.utils.formatdate(self.info.internal_date)
+
+    def getSize(self):
+        return self.info.size
+
+    def open(self):
+        self.fileobj.seek(0)
+        return self.fileobj
+
+    def close(self):
+        self.fileobj.close()
