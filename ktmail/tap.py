@@ -20,6 +20,7 @@ from twisted.python import usage
 from ktmail import errors, tls
 from ktmail.config import ConfigError, load_config
 from ktmail.errors import ValidationError
+from ktmail.protocols.imap import IMAPFactory, ImapContext
 from ktmail.protocols.reverse_dns import ReverseDNS
 from ktmail.protocols.smtp import InboundSMTPFactory, SubmissionSMTPFactory
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
@@ -252,6 +253,12 @@ def makeService(options):
         core, reactor, deliver_local=core.delivery.deliver_local)
     outbound_scheduler.setServiceParent(top)
 
+    if config.listen.imap:
+        imap = IMAPFactory(ImapContext(
+            auth=core.auth, mailboxes=core.mailboxes, new_spool=core.delivery.new_spool,
+            run_in_thread=reactor_thread_runner(reactor), clock=reactor,
+            max_message_bytes=config.limits.max_message_bytes))
+        listen(top, reactor, config, "imap", imap, tls_context)
     if config.listen.web:
         web = build_root(config, reactor, core.accounts, core.auth, core.mail,
                          health_checks={"database": core.db.ping})

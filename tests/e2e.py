@@ -63,6 +63,15 @@ def require_binary(name):
     return path
 
 
+def require_delivery():
+    """Skip when this tree has no delivery service yet (its branch is not
+    merged): the daemon then refuses every recipient with 451."""
+    from ktmail.services import delivery
+    if not hasattr(delivery, "DeliveryService"):
+        raise unittest.SkipTest("ktmail.services.delivery.DeliveryService does not exist "
+                                "in this tree yet: nothing can be delivered")
+
+
 def make_certificate(directory):
     """A self-signed CN=localhost pair -> (cert path, key path)."""
     os.makedirs(directory, exist_ok=True)
