@@ -209,7 +209,15 @@ def reverse_dns(reactor):
     return ReverseDNS(resolver, reactor)
 
 
-def listen_smtp(parent, reactor, config, core, tls_context, outbound):
+def build_submission(config, core, reactor, outbound):
+    """The submission policy shared by SMTP submission and the webmail."""
+    return SubmissionService(
+        delivery=core.delivery, outbound=outbound, counters=core.store,
+        limits=config.limits, domains=config.domains, hostname=config.hostname,
+        clock=reactor)
+
+
+def listen_smtp(parent, reactor, config, core, tls_context, outbound, submission=None):
     """The MX (``smtp``, STARTTLS with the configured certificate) and the
     submission (``submission``, implicit TLS; remote recipients go to the
     ``outbound`` queue) listeners."""
@@ -222,10 +230,7 @@ def listen_smtp(parent, reactor, config, core, tls_context, outbound):
         listen(parent, reactor, config, "smtp",
                InboundSMTPFactory(tls_context=tls_context, **common), tls_context)
     if config.listen.submission:
-        submission = SubmissionService(
-            delivery=delivery, outbound=outbound, counters=core.store,
-            limits=config.limits, domains=config.domains, hostname=config.hostname,
-            clock=reactor)
+        submission = submission or build_submission(config, core, reactor, outbound)
         # implicit TLS comes from the listener; no STARTTLS inside it
         listen(parent, reactor, config, "submission",
                SubmissionSMTPFactory(auth=core.auth, submission=submission, **common),
@@ -259,15 +264,25 @@ def makeService(options):
             run_in_thread=reactor_thread_runner(reactor), clock=reactor,
             max_message_bytes=config.limits.max_message_bytes))
         listen(top, reactor, config, "imap", imap, tls_context)
+    submission = build_submission(config, core, reactor, outbound_queue)
     if config.listen.web:
         web = build_root(config, reactor, core.accounts, core.auth, core.mail,
-                         health_checks={"database": core.db.ping})
+                         health_checks={"database": core.db.ping},
+                         mailboxes=core.mailboxes, submission=submission,
+                         delivery=core.delivery, run_in_thread=reactor_thread_runner(reactor),
+                         spam_rules=core.spam.rules)
         sessions = web.web.sessions
         # a removed mailbox's webmail sessions end with it
         core.accounts.removal_hooks.append(
             lambda mailbox: sessions.destroy_account(MAILBOX, mailbox.username))
         internet.TimerService(300, sessions.sweep).setServiceParent(top)
+        # attachments of messages never sent (their sessions are over)
+        uploads = web.webmail.uploads
+        internet.TimerService(3600, lambda: threads.deferToThreadPool(
+            reactor, reactor.getThreadPool(), uploads.sweep, reactor.seconds()).addErrback(
+                lambda f: log.failure("sweeping webmail uploads failed", f))
+        ).setServiceParent(top)
         listen(top, reactor, config, "web", make_site(web, config.limits), tls_context)
     if config.listen.smtp or config.listen.submission:
-        listen_smtp(top, reactor, config, core, tls_context, outbound_queue)
+        listen_smtp(top, reactor, config, core, tls_context, outbound_queue, submission)
     return top

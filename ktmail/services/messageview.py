@@ -15,6 +15,7 @@ is "2.1"; a message that is no multipart has its body at ``(1,)``.
 """
 
 import binascii
+import html as html_module
 import re
 
 import attrs
@@ -259,6 +260,20 @@ def read_view(fileobj, structure, with_text=True):
         references=" ".join(mime.unfold(raw_refs).split()) if raw_refs else None,
         body=tuple(body), attachments=attachments_of(structure, body_parts),
         spam=spam_report(headers.get("x-spam-status")))
+
+
+_BLOCK_END = re.compile(r"(?i)<\s*(br|/p|/div|/tr|/li|/h[1-6]|/table|/blockquote)\b[^>]*>")
+_TAG = re.compile(r"<[^>]*>")
+_INVISIBLE = re.compile(r"(?is)<\s*(style|script|head|title)\b.*?<\s*/\s*\1\s*>")
+
+
+def html_to_text(html):
+    """A rough plain-text rendering of HTML (to quote it in a reply)."""
+    text = _INVISIBLE.sub("", html)
+    text = _BLOCK_END.sub("\n", text)
+    text = html_module.unescape(_TAG.sub("", text))
+    lines = [" ".join(line.split()) for line in text.replace("\r", "").split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
 # --- streaming one part ----------------------------------------------------------------------
