@@ -437,3 +437,16 @@ def remote_notice(_, url):
         tags.p(fmt(_("Pictures from the internet are not shown, so that the sender cannot see "
                      "when you read the message. {show}"),
                    show=tags.a(_("Show pictures"), href=url))))
+
+
+def keyboard_help(_):
+    """The list of keys, shown by the script when "?" is pressed."""
+    keys = [("c", _("Write a message")), ("/", _("Search")), ("j / k", _("Next / previous")),
+            ("o", _("Open")), ("x", _("Select")), ("r", _("Reply")), ("a", _("Reply all")),
+            ("f", _("Forward")), ("#", _("Delete")), ("u", _("Back to the list")),
+            ("Ctrl+Enter", _("Send")), ("?", _("Show or hide this help"))]
+    return Tag("template")(id="keyboard-help")(
+        tags.div(class_="card kbd-help", role="dialog",
+                 **{"aria-label": _("Keyboard shortcuts")})(
+            tags.h2(_("Keyboard shortcuts")),
+            tags.dl(*[[tags.dt(tags.kbd(k)), tags.dd(text)] for k, text in keys])))

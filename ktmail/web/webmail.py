@@ -57,6 +57,7 @@ from ktmail.web.guards import action, login_action, page
 from ktmail.web.mailpages import folder_title, folder_url, message_url
 from ktmail.web.pages import FormErrors, field, fmt, post_form
 from ktmail.web.sessions import MAILBOX
+from ktmail.web.site import SECURITY_HEADERS
 
 log = Logger()
 
@@ -235,7 +236,7 @@ class Webmail:
                status=200):
         return pages.render(request, pages.layout(
             _, title=title, section=_("Webmail"), content=[
-                pages.notice(session.pop_notice()), content],
+                pages.notice(session.pop_notice()), content, mailpages.keyboard_help(_)],
             here=here, home=ROOT + "f/INBOX/", account=str(ctx.mailbox.address),
             logout=ROOT + "logout", csrf_token=session.csrf_token,
             sidebar=mailpages.sidebar(_, ctx.folders, current, ctx.unseen, ctx.quota),
@@ -706,9 +707,6 @@ class Webmail:
             if part.kind == "html":
                 url = message_url(name, uid, f"html/{messageview.section_text(part.section)}",
                                   images="1" if allow_remote else None)
-                if not allow_remote:
-                    body.append(tags.div(class_="images-hint", **{
-                        "data-show-images": message_url(name, uid, images="1")}))
                 body.append(mailpages.frame(_, url, _("Message text")))
             else:
                 body.append(mailpages.plain_body(part.text))
@@ -727,6 +725,11 @@ class Webmail:
         if attachments:
             content.append(mailpages.attachment_list(_, name, uid, attachments))
         title = view.subject or _("(no subject)")
+        if view.has_html:
+            # the site's policy plus our own message documents in frames
+            request.setHeader(b"content-security-policy",
+                              SECURITY_HEADERS[b"content-security-policy"]
+                              + b"; frame-src 'self'")
         return self._frame(request, _, session, ctx, title, content,
                            message_url(name, uid), current=name)
 
