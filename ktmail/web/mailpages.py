@@ -30,7 +30,28 @@ def N_(message):
 
 FOLDER_TITLES = {INBOX: N_("Inbox"), "Drafts": N_("Drafts"), "Sent": N_("Sent"),
                  "Spam": N_("Spam"), "Trash": N_("Trash")}
-FOLDER_ICONS = {INBOX: "📥", "Drafts": "📝", "Sent": "📤", "Spam": "🚫", "Trash": "🗑"}
+#: line icons (24×24, drawn with the text colour); inline SVG needs no request
+ICON_PATHS = {
+    INBOX: "M3 13h5l2 3h4l2-3h5M5.5 5h13L21 13v6H3v-6z",
+    "Drafts": "M4 20h4L19.5 8.5l-4-4L4 16zM13.5 6.5l4 4",
+    "Sent": "M3 11.5 21 3l-8.5 18-2-7.5z",
+    "Spam": "M12 3.5 21 19H3zM12 10v4.5M12 16.8v.4",
+    "Trash": "M4 7h16M9.5 7V4.5h5V7M6 7l1 13h10l1-13",
+    "folder": "M3 6h6.5l2 2.5H21V19H3z",
+    "clip": "M16.5 7.5 9 15a2 2 0 0 0 3 3l7.5-7.5a4 4 0 0 0-5.7-5.7L6.3 12.3a6 6 0 0 0 8.5 8.5L20 15.5",
+}
+
+
+def icon(name, label=None):
+    attributes = {"viewBox": "0 0 24 24", "width": "18", "height": "18", "class": "icon",
+                  "fill": "none", "stroke": "currentColor", "stroke-width": "1.8",
+                  "stroke-linecap": "round", "stroke-linejoin": "round"}
+    if label:
+        attributes.update({"role": "img", "aria-label": label})
+    else:
+        attributes["aria-hidden"] = "true"
+    children = [Tag("title")(label)] if label else []
+    return Tag("svg")(**attributes)(*children, Tag("path")(d=ICON_PATHS[name]))
 MONTHS = (N_("Jan"), N_("Feb"), N_("Mar"), N_("Apr"), N_("May"), N_("Jun"), N_("Jul"),
           N_("Aug"), N_("Sep"), N_("Oct"), N_("Nov"), N_("Dec"))
 
@@ -123,8 +144,7 @@ def folder_nav(_, folders, current, counts):
     for name in folders:
         depth = name.count(SEPARATOR) if name not in FOLDER_TITLES else 0
         unseen = counts.get(name, 0)
-        label = [tags.span(FOLDER_ICONS.get(name, "📁"), class_="ficon",
-                           **{"aria-hidden": "true"}),
+        label = [icon(name if name in ICON_PATHS else "folder"),
                  tags.span(folder_title(_, name), class_="fname")]
         if unseen and name not in ("Sent", "Drafts", "Trash"):
             label.append(tags.span(str(unseen), class_="count-badge",
@@ -217,7 +237,7 @@ def message_row(_, folder, info, summary, now, show_to, spam_days):
         marks.append(tags.span("↩", class_="mark-answered", title=_("Answered")))
     extra = []
     if has_attachment:
-        extra.append(tags.span("📎", class_="mark-attachment", title=_("Has attachments")))
+        extra.append(tags.span(icon("clip", _("Has attachments")), class_="mark-attachment"))
     if spam_days is not None:
         extra.append(tags.span(_.n("deleted in {n} day", "deleted in {n} days",
                                    spam_days).format(n=spam_days), class_="expiry"))
@@ -391,7 +411,7 @@ def attachment_list(_, folder, uid, attachments):
             links.insert(0, tags.a(_("Open"), href=url + "?view=1", target="_blank",
                                    rel="noopener", class_="btn btn-quiet"))
         items.append(tags.li(class_="attachment")(
-            tags.span("📎", class_="att-icon", **{"aria-hidden": "true"}),
+            icon("clip"),
             tags.span(class_="att-name")(a.filename),
             tags.span(f"{human_size(a.size)} · {a.content_type}", class_="att-meta"),
             tags.span(class_="att-links")(*links)))

@@ -1114,7 +1114,7 @@ class Webmail:
 
         attachment_items = [
             tags.li(class_="attachment")(
-                tags.span("📎", class_="att-icon", **{"aria-hidden": "true"}),
+                mailpages.icon("clip"),
                 tags.span(a.filename, class_="att-name"),
                 tags.span(mailpages.human_size(a.size), class_="att-meta"),
                 tags.button(_("Remove"), type="submit", name="do", value=f"remove-{i}",

@@ -54,6 +54,10 @@ function typingIn(element) {
 }
 
 document.addEventListener("DOMContentLoaded", function () {
+  // on a small screen the folder list starts folded
+  var menu = document.querySelector("details.folder-menu");
+  if (menu && window.matchMedia("(max-width: 56rem)").matches) menu.open = false;
+
   var all = document.getElementById("select-all");
   if (all) {
     all.hidden = false;
