@@ -203,9 +203,20 @@ def default_filename(part, section, _=None):
     return f"part-{section_text(section)}.{extension}"
 
 
+def _alternatives(part, path=(), inside=False):
+    """Sections of the text parts of multipart/alternative: the versions of
+    the message text that were not chosen are no attachments either."""
+    if part.is_multipart and part.children:
+        inside = inside or part.media_subtype == "alternative"
+        for number, child in enumerate(part.children, 1):
+            yield from _alternatives(child, path + (number,), inside)
+    elif inside and _is_text_body(part):
+        yield path or (1,)
+
+
 def attachments_of(structure, body):
     """The parts that are not the message text, in order."""
-    in_body = {section for section, _ in body}
+    in_body = {section for section, _ in body} | set(_alternatives(structure))
     found = []
     for section, part in leaves(structure):
         if section in in_body:

@@ -156,4 +156,4 @@ def document(fragment, title=""):
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width\"><title>{escape(title)}"
             f"</title><style>{_DOCUMENT_STYLE}</style></head><body>{fragment}</body></html>"
-            ).encode("utf-8")
+            ).encode()

@@ -34,8 +34,8 @@ from urllib.parse import quote, urlsplit
 import attrs
 from klein import Klein
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from twisted.web.template import tags
 from zope.interface import implementer
 
@@ -549,7 +549,7 @@ class Webmail:
                 uids.append(int(value))
             except ValueError:
                 continue
-        return sorted(set(u for u in uids if u > 0))
+        return sorted({u for u in uids if u > 0})
 
     async def _apply(self, _, mailbox, name, uids, act, target):
         """Do ``act`` to ``uids`` of folder ``name``. -> the notice text."""
@@ -675,7 +675,7 @@ class Webmail:
         ctx = await self._context(session)
         live = await self.mailboxes.open_folder(ctx.mailbox, name)
         try:
-            info, structure, view = await self._load(live, uid)
+            info, _structure, view = await self._load(live, uid)
             if not info.seen:
                 await live.set_flags([uid], {SEEN}, FLAGS_ADD)
                 info = live.info(uid) or info
@@ -1162,7 +1162,8 @@ class Webmail:
                 tags.p(_("Up to {limit} MB in total ({used} MB used). Files are encoded for "
                          "sending, so a message can carry about {usable} MB of them.").format(
                     limit=self._max_mb(), used=mailpages.megabytes(used),
-                    usable=mailpages.megabytes(max(0, self.limits.max_message_bytes * 3 // 4 - 2 ** 20))),
+                    usable=mailpages.megabytes(
+                        max(0, self.limits.max_message_bytes * 3 // 4 - 2 ** 20))),
                     class_="hint", id="h-files"),
                 tags.p(found.get("files"), class_="field-error", id="e-files")
                 if found.get("files") else "",

@@ -122,7 +122,7 @@ def multipart(fields):
             filename, content_type, data = value
             out.write(f'Content-Disposition: form-data; name="{name}"; '
                       f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
-                      .encode("utf-8"))
+                      .encode())
             out.write(data)
         else:
             out.write(f'Content-Disposition: form-data; name="{name}"\r\n\r\n'.encode())

@@ -50,3 +50,11 @@ class WebmailLoginTests(unittest.TestCase):
             self.browser.login_portal("kund1001", "nope nope")
         page = self.browser.login_webmail("alice_u")
         self.assertEqual(page.status, 429)
+
+    def test_english_pages(self):
+        """With Accept-Language: en (or the switch) the webmail is in English."""
+        browser = self.h.browser(language="en")
+        page = browser.follow(browser.login_webmail("alice_u"))
+        self.assertIn("<h1>Inbox</h1>", page.body)
+        for text in ("Write", "Drafts", "Storage", "Search in Inbox"):
+            self.assertIn(text, page.body)

@@ -14,7 +14,6 @@ import pathlib
 import re
 from urllib.parse import urlsplit
 
-
 from tests.e2e import PASSWORD, DaemonTestCase
 from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, skip_reason
 
@@ -81,13 +80,13 @@ Content-Disposition: attachment; filename*=utf-8''faktura%20m%C3%A4rs%20%C3%A5%C
 Content-Transfer-Encoding: base64
 
 {body}--mix--
-""".encode("utf-8")
+""".encode()
 
 
 class WebmailInChromiumTests(DaemonTestCase):
     skip = skip_reason()
     listeners = ("smtp", "web")
-    limits = {"webmail_recipients_per_hour": 3}
+    limits = {"webmail_recipients_per_hour": 3}  # noqa: RUF012 (DaemonTestCase reads it)
     mailboxes = (("alice_u", "alice@brev.fi"), ("bob_u", "bob@brev.fi"))
 
     def setUp(self):
@@ -129,7 +128,8 @@ class WebmailInChromiumTests(DaemonTestCase):
                 and errors.append(m.text))
         page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message),
                                           dialog.accept()))
-        self.addCleanup(lambda: self.assertEqual(errors, [], "script or CSP errors:\n" + "\n".join(errors)))
+        self.addCleanup(lambda: self.assertEqual(
+            errors, [], "script or CSP errors:\n" + "\n".join(errors)))
         return page
 
     def shot(self, page, name):

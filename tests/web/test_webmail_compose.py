@@ -53,7 +53,7 @@ class ComposeTests(ComposeTestCase):
         self.assertEqual(result.status, 303, result.text()[:500])
         page = self.browser.follow(result)
         self.assertIn("Meddelandet har skickats till 1 mottagare.", page.alerts()[0])
-        (info, data), = self.h.messages("bob_u")
+        (_info, data), = self.h.messages("bob_u")
         msg = parsed(data)
         self.assertEqual(msg["From"], "alice@brev.fi")
         self.assertEqual(msg["Subject"], "Hälsningar från Åre")

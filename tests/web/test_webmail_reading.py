@@ -53,7 +53,7 @@ Content-Disposition: attachment; filename*=utf-8''{"r%C3%A4kning%20%C3%A5%C3%A4%
 Content-Transfer-Encoding: base64
 
 {encoded}--mix--
-""".encode("utf-8")
+""".encode()
 
 
 class ReadingTestCase(unittest.TestCase):
@@ -135,7 +135,8 @@ class ListTests(ReadingTestCase):
     def test_search_by_sender_subject_and_body(self):
         """The search box finds messages by sender, recipient, subject and
         text (case-insensitive, åäö included)."""
-        self.h.deliver("alice@brev.fi", message("Faktura mars", sender="Elbolaget <el@example.org>"))
+        self.h.deliver("alice@brev.fi", message("Faktura mars",
+                                                sender="Elbolaget <el@example.org>"))
         self.h.deliver("alice@brev.fi", message("Middag", body="Vi ses på Örnens krog.\n"))
         self.h.deliver("alice@brev.fi", message("Annat", to="bob@brev.fi, alice@brev.fi"))
         self.browser.login()
