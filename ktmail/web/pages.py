@@ -208,7 +208,8 @@ def layout(_, *, title, section, content, here="/", home="/", account=None,
         ),
         tags.body(
             tags.a(_("Skip to content"), href="#main", class_="skip"),
-            tags.header(class_="topbar")(tags.div(class_="wrap topbar-inner")(
+            tags.header(class_="topbar")(tags.div(
+                class_="wrap topbar-inner" + (" app-top" if sidebar is not None else ""))(
                 tags.a(href=home, class_="brand")(
                     tags.img(src=f"{STATIC}/icon.svg", alt="", width="28", height="28"),
                     tags.span(section)),
