@@ -21,6 +21,7 @@ from ktmail import errors, tls
 from ktmail.config import ConfigError, load_config
 from ktmail.errors import ValidationError
 from ktmail.protocols.pop3 import POP3Factory
+from ktmail.protocols.imap import IMAPFactory, ImapContext
 from ktmail.protocols.reverse_dns import ReverseDNS
 from ktmail.protocols.smtp import InboundSMTPFactory, SubmissionSMTPFactory
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
@@ -210,7 +211,15 @@ def reverse_dns(reactor):
     return ReverseDNS(resolver, reactor)
 
 
-def listen_smtp(parent, reactor, config, core, tls_context, outbound):
+def build_submission(config, core, reactor, outbound):
+    """The submission policy shared by SMTP submission and the webmail."""
+    return SubmissionService(
+        delivery=core.delivery, outbound=outbound, counters=core.store,
+        limits=config.limits, domains=config.domains, hostname=config.hostname,
+        clock=reactor)
+
+
+def listen_smtp(parent, reactor, config, core, tls_context, outbound, submission=None):
     """The MX (``smtp``, STARTTLS with the configured certificate) and the
     submission (``submission``, implicit TLS; remote recipients go to the
     ``outbound`` queue) listeners."""
@@ -223,10 +232,7 @@ def listen_smtp(parent, reactor, config, core, tls_context, outbound):
         listen(parent, reactor, config, "smtp",
                InboundSMTPFactory(tls_context=tls_context, **common), tls_context)
     if config.listen.submission:
-        submission = SubmissionService(
-            delivery=delivery, outbound=outbound, counters=core.store,
-            limits=config.limits, domains=config.domains, hostname=config.hostname,
-            clock=reactor)
+        submission = submission or build_submission(config, core, reactor, outbound)
         # implicit TLS comes from the listener; no STARTTLS inside it
         listen(parent, reactor, config, "submission",
                SubmissionSMTPFactory(auth=core.auth, submission=submission, **common),
@@ -254,14 +260,30 @@ def makeService(options):
         core, reactor, deliver_local=core.delivery.deliver_local)
     outbound_scheduler.setServiceParent(top)
 
+    if config.listen.imap:
+        imap = IMAPFactory(ImapContext(
+            auth=core.auth, mailboxes=core.mailboxes, new_spool=core.delivery.new_spool,
+            run_in_thread=reactor_thread_runner(reactor), clock=reactor,
+            max_message_bytes=config.limits.max_message_bytes))
+        listen(top, reactor, config, "imap", imap, tls_context)
+    submission = build_submission(config, core, reactor, outbound_queue)
     if config.listen.web:
         web = build_root(config, reactor, core.accounts, core.auth, core.mail,
-                         health_checks={"database": core.db.ping})
+                         health_checks={"database": core.db.ping},
+                         mailboxes=core.mailboxes, submission=submission,
+                         delivery=core.delivery, run_in_thread=reactor_thread_runner(reactor),
+                         spam_rules=core.spam.rules)
         sessions = web.web.sessions
         # a removed mailbox's webmail sessions end with it
         core.accounts.removal_hooks.append(
             lambda mailbox: sessions.destroy_account(MAILBOX, mailbox.username))
         internet.TimerService(300, sessions.sweep).setServiceParent(top)
+        # attachments of messages never sent (their sessions are over)
+        uploads = web.webmail.uploads
+        internet.TimerService(3600, lambda: threads.deferToThreadPool(
+            reactor, reactor.getThreadPool(), uploads.sweep, reactor.seconds()).addErrback(
+                lambda f: log.failure("sweeping webmail uploads failed", f))
+        ).setServiceParent(top)
         listen(top, reactor, config, "web", make_site(web, config.limits), tls_context)
 
     if config.listen.pop3:
@@ -269,5 +291,5 @@ def makeService(options):
         listen(top, reactor, config, "pop3",
                POP3Factory(core.auth, maildrops, reactor, config.hostname), tls_context)
     if config.listen.smtp or config.listen.submission:
-        listen_smtp(top, reactor, config, core, tls_context, outbound_queue)
+        listen_smtp(top, reactor, config, core, tls_context, outbound_queue, submission)
     return top

@@ -256,6 +256,11 @@ class LiveFolder:
         return self._service.store.message_details(self.mailbox.id, self.name, uids,
                                                    with_structure)
 
+    def read_messages(self, uids, reader):
+        """-> Deferred[{uid: reader(uid, binary file)}], the readers run on a
+        worker thread (IMAP header-field fetches, SEARCH in bodies)."""
+        return self._service.store.read_messages(self.mailbox.id, self.name, uids, reader)
+
     def refresh(self):
         """Pick up changes made elsewhere (other processes, other Maildir
         tools) and tell the listeners. -> Deferred[None]. Concurrent calls

@@ -258,6 +258,15 @@ class IMailStore(Interface):
         tree with byte offsets (BODYSTRUCTURE, BODY[section], ENVELOPE).
         Cached in the index; parsed from the file when missing."""
 
+    def read_messages(mailbox_id, name, uids, reader):
+        """Read the files of many messages off the reactor thread: call
+        ``reader(uid, fileobj)`` on a worker thread for each existing UID,
+        with its binary file open at offset 0 (closed afterwards); readers
+        do not hold up other operations of the mailbox while they read.
+        -> {uid: what reader returned}. Missing UIDs are left out; a
+        reader's exception fails the whole call (IMAP FETCH of header
+        fields, SEARCH BODY/TEXT, webmail previews)."""
+
     def clean_stale_files():
         """Remove stale tmp/ files (Maildir: older than 36 h, or left by a
         crashed earlier process of this host) of every mailbox.

@@ -889,6 +889,24 @@ class MaildirMailbox:
                 cached[uid] = (fields, structure if with_structure else None)
         return {uid: mime.MessageSummary.from_cache(*cached[uid]) for uid in sorted(cached)}
 
+    def open_messages(self, name, uids):
+        """-> [(uid, open binary file)] of the existing ``uids`` (for
+        read_messages: the files are read after the lock is released)."""
+        row = self._folder(name, sync=False)
+        base = self._folder_dir(row)
+        opened = []
+        try:
+            for r in index.message_rows(self._conn, row.id, uids):
+                try:
+                    opened.append((r.uid, open(os.path.join(base, r.subdir, r.filename), "rb")))
+                except FileNotFoundError:
+                    self._scanned.discard((row.id, row.uidvalidity))
+        except BaseException:
+            for _, f in opened:
+                f.close()
+            raise
+        return opened
+
     # --- adding ---
 
     def stage(self, source, prefix, summarize=True):
@@ -1409,6 +1427,31 @@ class MaildirStore:
 
     def message_details(self, mailbox_id, name, uids, with_structure=True):
         return self._queued(mailbox_id, "details", name, tuple(uids), with_structure)
+
+    #: files opened at once by read_messages
+    READ_BATCH = 128
+
+    def read_messages(self, mailbox_id, name, uids, reader):
+        uids = sorted(set(uids))
+        results = {}
+
+        def read_all(opened):
+            try:
+                for uid, f in opened:
+                    results[uid] = reader(uid, f)
+            finally:
+                for _, f in opened:
+                    f.close()
+
+        def batch(start):
+            if start >= len(uids):
+                return defer.succeed(results)
+            d = self._queued(mailbox_id, "open_messages", name,
+                             tuple(uids[start:start + self.READ_BATCH]))
+            d.addCallback(lambda opened: self._run(read_all, opened))
+            d.addCallback(lambda _: batch(start + self.READ_BATCH))
+            return d
+        return batch(0)
 
     # --- housekeeping ---
 

@@ -590,6 +590,12 @@ class MemoryMailStore:
         return found
 
     @_answer
+    def read_messages(self, mailbox_id, name, uids, reader):
+        folder = self._folder(mailbox_id, name)
+        return {uid: reader(uid, io.BytesIO(folder.messages[uid].data))
+                for uid in sorted(set(uids)) if uid in folder.messages}
+
+    @_answer
     def clean_stale_files(self):
         return 0
 

@@ -315,6 +315,25 @@ class MailStoreContract:
         self.assertIsNone(lean[info.uid].structure)
         self.assertEqual(lean[info.uid].subject, "Möte på fredag")
 
+    @deferred
+    async def test_read_messages(self):
+        """read_messages hands each existing message's file, at its start,
+        to the reader and gathers the answers by UID; unknown UIDs are left
+        out, and the files of more messages than one batch are all read."""
+        first = await self.add(source=io.BytesIO(MESSAGE))
+        others = [await self.add(source=message(n)) for n in range(2, 140)]
+
+        def reader(uid, f):
+            return (uid, f.read(9))
+        found = await self.store.read_messages(MAILBOX, "INBOX",
+                                               [first.uid, 9999] + [o.uid for o in others],
+                                               reader)
+        self.assertEqual(sorted(found), sorted([first.uid] + [o.uid for o in others]))
+        self.assertEqual(found[first.uid], (first.uid, b"From: Ann"))
+        self.assertEqual(found[others[-1].uid], (others[-1].uid, b"Subject: "))
+        with self.assertRaises(errors.NoSuchFolder):
+            await self.store.read_messages(MAILBOX, "Nowhere", [1], reader)
+
     # --- flags ---
 
     @deferred

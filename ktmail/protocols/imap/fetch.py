@@ -1,0 +1,184 @@
+"""FETCH data items (RFC 3501 §6.4.5, §7.4.2) from the index and the MIME tree.
+
+Owns how a message's cached summary (``mime.MessageSummary``: ENVELOPE,
+part tree with byte offsets) becomes ENVELOPE, BODY and BODYSTRUCTURE, and
+which byte range of the message file a ``BODY[section]<partial>`` is.
+Pure: ranges are computed here, the bytes are read by the caller.
+
+Invariants:
+- a section is always a contiguous byte range of the stored file (CRLF
+  line endings, exactly the bytes IMAP serves), except HEADER.FIELDS[.NOT],
+  which is a filtered copy of a header block; the partial ``<o.n>`` is
+  applied to that range or text, so exactly the requested octets are sent
+  (the Twisted bug #5613 does not apply);
+- BODYSTRUCTURE and ENVELOPE strings are the raw header bytes (encoded
+  words stay encoded, as RFC 3501 asks); ``wire.string`` makes anything
+  that is not plain 7-bit text a literal.
+"""
+
+import re
+
+from ktmail import mime
+from ktmail.protocols.imap import wire
+
+NIL = b"NIL"
+
+
+# --- ENVELOPE ---------------------------------------------------------------------------
+
+
+def _address(a):
+    return b"(" + b" ".join((wire.nstring(a.name), wire.nstring(a.adl),
+                              wire.nstring(a.mailbox), wire.nstring(a.host))) + b")"
+
+
+def _addresses(items):
+    if not items:
+        return NIL
+    return b"(" + b"".join(_address(a) for a in items) + b")"
+
+
+def envelope(env):
+    """RFC 3501 ENVELOPE of a ``mime.Envelope`` (or an empty one for None)."""
+    if env is None:
+        env = mime.Envelope()
+    return b"(" + b" ".join((
+        wire.nstring(env.date), wire.nstring(env.subject), _addresses(env.from_),
+        _addresses(env.sender), _addresses(env.reply_to), _addresses(env.to),
+        _addresses(env.cc), _addresses(env.bcc), wire.nstring(env.in_reply_to),
+        wire.nstring(env.message_id))) + b")"
+
+
+# --- BODY / BODYSTRUCTURE -------------------------------------------------------------------
+
+
+def _params(params):
+    if not params:
+        return NIL
+    return b"(" + b" ".join(wire.string(name) + b" " + wire.string(value)
+                            for name, value in params) + b")"
+
+
+def _disposition(part):
+    if part.disposition is None:
+        return NIL
+    return b"(" + wire.string(part.disposition) + b" " + _params(part.disposition_params) \
+        + b")"
+
+
+def _language(part):
+    if not part.language:
+        return NIL
+    if len(part.language) == 1:
+        return wire.string(part.language[0])
+    return b"(" + b" ".join(wire.string(t) for t in part.language) + b")"
+
+
+def body_structure(part, extended=True):
+    """BODYSTRUCTURE (``extended``) or BODY of a ``mime.Part``."""
+    if part.is_multipart and part.children:
+        out = b"(" + b"".join(body_structure(c, extended) for c in part.children)
+        out += b" " + wire.string(part.media_subtype)
+        if extended:
+            out += b" " + b" ".join((_params(part.params), _disposition(part), _language(part),
+                                      wire.nstring(part.location)))
+        return out + b")"
+    fields = [wire.string(part.media_type), wire.string(part.media_subtype),
+              _params(part.params), wire.nstring(part.content_id),
+              wire.nstring(part.description), wire.string(part.encoding),
+              b"%d" % part.size]
+    if part.message is not None:
+        fields += [envelope(part.message.envelope), body_structure(part.message, extended),
+                   b"%d" % part.body_lines]
+    elif part.media_type == "text":
+        fields.append(b"%d" % part.body_lines)
+    if extended:
+        fields += [wire.nstring(part.md5), _disposition(part), _language(part),
+                   wire.nstring(part.location)]
+    return b"(" + b" ".join(fields) + b")"
+
+
+# --- sections --------------------------------------------------------------------------
+
+
+def section_range(structure, section, size):
+    """The bytes of ``section`` as (start, end) in the file, or None when the
+    message has no such part. HEADER.FIELDS sections give the range of the
+    header block to filter (see ``filter_header``)."""
+    if not section.part:
+        if section.text is None:
+            return (0, size)
+        if section.text == "TEXT":
+            return (structure.body_start, size)
+        return (structure.header_start, structure.header_end)  # HEADER, HEADER.FIELDS*
+    part = structure.find(section.part)
+    if part is None:
+        return None
+    if section.text is None:
+        return (part.body_start, part.body_end)
+    if section.text == "MIME":
+        return (part.header_start, part.header_end)
+    inner = part.message
+    if inner is None:
+        # HEADER/TEXT of a part that is no message/rfc822: nothing there
+        return (part.body_start, part.body_start)
+    if section.text == "TEXT":
+        return (inner.body_start, inner.body_end)
+    return (inner.header_start, inner.header_end)
+
+
+_FIELD_START = re.compile(rb"([!-9;-~]+)[ \t]*:")
+
+
+def filter_header(block, fields, keep):
+    """The header fields of a raw block named in ``fields`` (``keep``) or not
+    named there (HEADER.FIELDS.NOT), with their folding, and the blank line."""
+    wanted = {f.lower() for f in fields}
+    out = []
+    current = None
+    for line in block.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            if current:
+                out.append(line)
+            continue
+        m = _FIELD_START.match(line)
+        if m is None:
+            current = False
+            continue
+        current = (m.group(1).lower() in wanted) == keep
+        if current:
+            out.append(line)
+    return b"".join(line + b"\r\n" for line in out) + b"\r\n"
+
+
+def apply_partial(start, end, partial):
+    """Narrow (start, end) to ``<origin.length>``."""
+    if partial is None:
+        return start, end
+    origin, length = partial
+    begin = min(start + origin, end)
+    return begin, min(begin + length, end)
+
+
+def body_label(item):
+    """``BODY[1.TEXT]<0>`` as the response names the item (RFC 3501 §7.4.2:
+    the partial shows only the origin)."""
+    label = b"BODY[" + item.section.label() + b"]"
+    if item.partial is not None:
+        label += b"<%d>" % item.partial[0]
+    return label
+
+
+def needs_structure(items):
+    """Do these items need the MIME tree? (Flags, sizes, whole messages and
+    top-level header fields do not.)"""
+    for item in items:
+        if item.name in ("ENVELOPE", "BODYSTRUCTURE", "RFC822.TEXT"):
+            return True
+        if item.name == "BODY" and item.section is None:
+            return True
+        if item.section is not None and (item.section.part or item.section.text == "TEXT"):
+            return True
+    return False

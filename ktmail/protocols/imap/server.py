@@ -1,0 +1,1478 @@
+"""The IMAP4rev1 session (RFC 3501) with the extensions of SPEC §4.
+
+``IMAPServer`` subclasses Twisted's ``IMAP4Server`` for its connection
+plumbing (line reception, states, timeouts, the greeting) and replaces
+what is broken or missing there (TWISTED-NOTES §1): command framing with
+literals (LITERAL+, size limits, APPEND streamed to a spool file), the
+argument grammar, every command handler (the ``<state>_<COMMAND>`` tables
+are all re-declared here), SELECT's required responses, FETCH (implicit
+\\Seen, exact partial fetches, batched writes, streamed bodies), SEARCH,
+and the unsolicited responses of a shared folder.
+
+Invariants:
+- commands run one at a time, in the order they arrived: while one runs,
+  no further line is read (``pauseProducing``), so pipelined commands see
+  the state their predecessors left and a literal's bytes are never taken
+  for commands;
+- an oversized literal is refused before its continuation (``{n}``) or
+  read and thrown away without buffering (``{n+}``); lines longer than
+  ``MAX_LENGTH`` are answered with BAD and skipped, never buffered;
+- the client's sequence numbers change only through responses it was sent
+  (``SelectedFolder.updates``), and EXPUNGE is never sent during FETCH,
+  STORE or SEARCH (RFC 3501 §7.4.1);
+- errors reach the wire through ``_failed`` only: ``ktmail.errors`` types
+  become NO with their response code and client-safe text, anything else
+  a generic NO [SERVERBUG] with the detail in the log;
+- passwords never reach a log; large message bytes never sit in memory.
+"""
+
+import base64
+import io
+import re
+
+import attrs
+from twisted.internet import defer, interfaces, protocol, task
+from twisted.logger import Logger
+from twisted.mail import imap4
+from zope.interface import implementer
+
+import ktmail
+from ktmail import errors
+from ktmail.model import FLAGS_ADD, INBOX, SEPARATOR, SEEN, normalize_folder_name
+from ktmail.protocols.imap import fetch, parser, wire
+from ktmail.protocols.imap.mailbox import ImapAccount, keyword_flags, pattern_matcher
+from ktmail.protocols.imap.parser import CommandReader, Literal, ParseError
+from ktmail.services import search
+
+log = Logger()
+
+#: literal sizes taken into memory (an APPEND message above this goes to a spool file)
+MAX_MEMORY_LITERAL = 64 * 1024
+#: literals before login (user names, passwords)
+MAX_LITERAL_UNAUTHENTICATED = 8 * 1024
+#: command bytes held in memory (lines plus in-memory literals)
+MAX_COMMAND_BYTES = 1024 * 1024
+#: pipelined input held while a command runs before the socket stops being read
+MAX_BUFFERED = 256 * 1024
+#: failed logins on one connection before it is closed
+MAX_AUTH_FAILURES = 5
+#: a body larger than this is streamed from the file in chunks
+INLINE_BODY = 256 * 1024
+STREAM_CHUNK = 256 * 1024
+#: FETCH responses written at once (flags/UID/size only, and the rest)
+FAST_BATCH = 2000
+FULL_BATCH = 100
+#: share of the quota at which the user is warned with [ALERT]
+QUOTA_ALERT = 0.9
+
+_TAG = re.compile(rb"([^\x00-\x20\x7f-\xff(){%*\"\\+]+) ")
+_COMMAND = re.compile(rb"[A-Za-z]+")
+_FAST_ITEMS = {"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"}
+_SEEN_LOWER = SEEN.lower()
+
+
+@attrs.frozen
+class ImapContext:
+    """What a session needs from the rest of the daemon.
+
+    ``auth`` (services.auth.AuthService), ``mailboxes``
+    (services.mailboxes.MailboxService), ``new_spool()`` -> a Spool on the
+    Maildir file system (services.delivery.DeliveryService.new_spool),
+    ``run_in_thread(fn, *args)`` -> Deferred, ``clock`` (IReactorTime),
+    ``max_message_bytes`` (APPENDLIMIT), ``turn()`` -> a Deferred that
+    fires after other work of the reactor had its turn (long FETCH
+    responses are written in slices).
+    """
+
+    auth: object
+    mailboxes: object
+    new_spool: object
+    run_in_thread: object
+    clock: object
+    max_message_bytes: int = 52428800
+    turn: object = None
+
+    def next_turn(self):
+        if self.turn is not None:
+            return self.turn()
+        return task.deferLater(self.clock, 0, lambda: None)
+
+
+# --- literal sinks ------------------------------------------------------------------
+
+
+class _MemorySink:
+    def __init__(self, size):
+        self.remaining = size
+        self._chunks = []
+
+    def write(self, data):
+        self._chunks.append(data)
+        self.remaining -= len(data)
+
+    def literal(self, size):
+        return Literal(size, data=b"".join(self._chunks))
+
+    def discard(self):
+        self._chunks = []
+
+
+class _SpoolSink:
+    """An APPEND message streamed into a spool file as it arrives."""
+
+    def __init__(self, spool, size):
+        self.spool = spool
+        self.remaining = size
+
+    def write(self, data):
+        self.spool.write(data)
+        self.remaining -= len(data)
+
+    def literal(self, size):
+        return Literal(size, spool=self.spool)
+
+    def discard(self):
+        self.spool.discard()
+
+
+class _DiscardSink:
+    """A refused LITERAL+ literal: read and thrown away (RFC 7888 §4)."""
+
+    def __init__(self, size):
+        self.remaining = size
+
+    def write(self, data):
+        self.remaining -= len(data)
+
+    def literal(self, size):
+        return Literal(size, data=b"")
+
+    def discard(self):
+        pass
+
+
+@attrs.define
+class _Framed:
+    """A command being received: its line segments and literals so far,
+    and, when it was refused while arriving, the answer to give it."""
+
+    segments: list = attrs.field(factory=list)
+    size: int = 0
+    refusal: tuple | None = None
+
+    @property
+    def tag(self):
+        m = _TAG.match(self.segments[0]) if self.segments else None
+        return m.group(1) if m else b"*"
+
+    def words(self):
+        """(tag, COMMAND) of the first line, upper-case, or (None, None)."""
+        m = _TAG.match(self.segments[0])
+        if not m:
+            return None, None
+        c = _COMMAND.match(self.segments[0], m.end())
+        return m.group(1), (c.group().upper() if c else None)
+
+    def spools(self):
+        return [s.spool for s in self.segments if isinstance(s, Literal) and s.spool]
+
+
+@implementer(interfaces.IPushProducer)
+class _WriteGate:
+    """Registered with the transport: tells long responses to wait while the
+    transport's buffer is full (back-pressure), so a big FETCH never piles
+    its bytes up in memory."""
+
+    def __init__(self):
+        self.paused = False
+        self.stopped = False
+        self._waiters = []
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            w.callback(None)
+
+    def stopProducing(self):
+        self.stopped = True
+        self.resumeProducing()
+
+    def wait(self):
+        if not self.paused or self.stopped:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+
+class _Gone(Exception):
+    """The connection closed while a command was running."""
+
+
+# --- argument parsers for the command tables ------------------------------------------
+# Each takes (server, reader), consumes the space before its argument, and
+# returns the value.
+
+
+def _mailbox(server, reader):
+    reader.space()
+    return parser.mailbox(reader)
+
+
+def _astring(server, reader):
+    reader.space()
+    return reader.astring()
+
+
+def _seqset(server, reader):
+    reader.space()
+    return parser.sequence_set(reader)
+
+
+def _fetch_atts(server, reader):
+    reader.space()
+    return parser.fetch_atts(reader)
+
+
+def _store_action(server, reader):
+    reader.space()
+    return parser.store_action(reader)
+
+
+def _search_program(server, reader):
+    reader.space()
+    return parser.search_program(reader)
+
+
+def _list_command(server, reader):
+    reader.space()
+    return parser.list_command(reader)
+
+
+def _status_items(server, reader):
+    reader.space()
+    return parser.status_items(reader)
+
+
+def _append_args(server, reader):
+    reader.space()
+    name = parser.mailbox(reader)
+    reader.space()
+    flags = parser.optional_flag_list(reader)
+    date = parser.optional_date_time(reader)
+    literal = reader.literal()
+    return name, tuple(flags or ()), date, literal
+
+
+def _auth_args(server, reader):
+    reader.space()
+    mechanism = reader.atom()
+    initial = None
+    if reader.peek() == b" ":
+        reader.space()
+        initial = reader.rest()
+    return mechanism, initial
+
+
+def _id_params(server, reader):
+    reader.space()
+    if reader.maybe(b"NIL"):
+        return {}
+    items = reader.paren_list(reader.nstring)
+    return dict(zip(items[::2], items[1::2]))
+
+
+def _atoms(server, reader):
+    out = []
+    while reader.peek() == b" ":
+        reader.space()
+        out.append(reader.atom())
+    if not out:
+        raise ParseError("Missing argument.")
+    return out
+
+
+def _quota_root(server, reader):
+    reader.space()
+    return reader.astring()
+
+
+def _rest(server, reader):
+    return reader.rest()
+
+
+def _list_reference(server, reader):
+    reader.space()
+    raw = reader.astring()
+    return parser.decode_mailbox(raw) if raw else ""
+
+
+def _list_pattern(server, reader):
+    reader.space()
+    return parser._pattern(reader)
+
+
+# --- the session --------------------------------------------------------------------
+
+
+class IMAPServer(imap4.IMAP4Server):
+    """One IMAP connection (see the module docstring)."""
+
+    IDENT = b"ktmail IMAP4rev1 ready"
+    #: RFC 7162 and RFC 2683 ask servers to take long lines (big UID sets)
+    MAX_LENGTH = 64 * 1024
+    timeOut = 60
+    POSTAUTH_TIMEOUT = 30 * 60
+
+    def __init__(self, context):
+        super().__init__(chal={}, contextFactory=None)
+        self.context = context
+        self.callLater = context.clock.callLater
+        self.selected = None
+        self.mailbox = None
+        self.peer = ""
+        self._framing = None
+        self._literal = None
+        self._skipping = False
+        self._overflowed = False
+        self._transport_paused = False
+        self._busy = None
+        self._current = None
+        self._line_waiter = None
+        self._idling = False
+        self._gone = False
+        self._gate = _WriteGate()
+        self._auth_failures = 0
+        self._quota_alerted = False
+        self._enabled = set()
+
+    # --- connection ---
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", "") or ""
+        self.transport.registerProducer(self._gate, True)
+        _no_delay(self.transport)
+        super().connectionMade()
+
+    def connectionLost(self, reason):
+        self._gone = True
+        self._gate.stopProducing()
+        self._deselect()
+        if self._literal is not None:
+            self._literal[1].discard()
+            self._literal = None
+        if self._framing is not None:
+            for spool in self._framing.spools():
+                spool.discard()
+            self._framing = None
+        if self._line_waiter is not None:
+            waiter, self._line_waiter = self._line_waiter, None
+            waiter.errback(_Gone())
+        super().connectionLost(reason)
+
+    def timeoutConnection(self):
+        self.sendLine(b"* BYE Autologout; the connection was idle for too long.")
+        self._drop()
+
+    def _drop(self):
+        self._deselect()
+        self.state = "logout"
+        # a registered producer holds back the TLS close (twisted.protocols.tls)
+        if getattr(self.transport, "producer", True) is not None:
+            self.transport.unregisterProducer()
+        self._gate.stopProducing()
+        self.transport.loseConnection()
+
+    @property
+    def tls(self):
+        return interfaces.ISSLTransport.providedBy(self.transport)
+
+    def sendLine(self, line):
+        if not self._gone:
+            self.transport.write(line + b"\r\n")
+
+    def sendServerGreeting(self):
+        self.sendLine(b"* OK [CAPABILITY " + b" ".join(self.capability_list()) + b"] "
+                      + self.IDENT)
+
+    # --- capabilities (SPEC §4) ---
+
+    def capability_list(self):
+        caps = [b"IMAP4rev1", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"LITERAL+"]
+        if self.state == "unauth":
+            caps.append(b"AUTH=PLAIN" if self.tls else b"LOGINDISABLED")
+            return caps
+        return caps + [b"NAMESPACE", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"QUOTA",
+                       b"QUOTA=RES-STORAGE", b"UNSELECT", b"CHILDREN",
+                       b"APPENDLIMIT=%d" % self.context.max_message_bytes]
+
+    def listCapabilities(self):
+        return self.capability_list()
+
+    # --- reception: lines, over-long lines, literals ---
+
+    def dataReceived(self, data):
+        if self._skipping:
+            end = data.find(b"\n")
+            if end < 0:
+                return
+            self._skipping = False
+            data = data[end + 1:]
+        super().dataReceived(data)
+        while self._overflowed and not self._busyReceiving:
+            self._overflowed = False
+            super().dataReceived(b"")
+        if self.paused and not self._transport_paused and len(self._buffer) > MAX_BUFFERED:
+            self._transport_paused = True
+            self.transport.pauseProducing()
+
+    def lineLengthExceeded(self, line):
+        """RFC 3501 §4: answer BAD and go on with the next line (Twisted drops
+        the connection); the rest of the line is skipped without buffering."""
+        end = line.find(b"\r\n")
+        tag = self._framing.tag if self._framing else _Framed([line[:200]]).tag
+        if self._framing is not None:
+            for spool in self._framing.spools():
+                spool.discard()
+            self._framing = None
+        self.sendLine(tag + b" BAD The command line is too long.")
+        if end >= 0:
+            self._buffer = line[end + 2:] + self._buffer
+            self._overflowed = True
+        else:
+            self._skipping = True
+
+    def lineReceived(self, line):
+        self.resetTimeout()
+        if self._line_waiter is not None:
+            waiter, self._line_waiter = self._line_waiter, None
+            self._stop_reading()
+            waiter.callback(line)
+            return
+        framed = self._framing
+        if framed is None:
+            framed = self._framing = _Framed()
+        framed.segments.append(line)
+        framed.size += len(line)
+        m = parser.LITERAL_MARKER.search(line)
+        if m is None:
+            self._framing = None
+            self._run(framed)
+            return
+        self._literal_announced(framed, int(m.group(1)), bool(m.group(2)))
+
+    def _literal_announced(self, framed, size, non_sync):
+        _tag, name = framed.words()
+        authenticated = self.state in ("auth", "select")
+        is_append = authenticated and name == b"APPEND"
+        if framed.refusal is None:
+            if is_append and size > self.context.max_message_bytes:
+                framed.refusal = (b"NO", b"[TOOBIG] The message is larger than the %d-byte "
+                                  b"limit (APPENDLIMIT)." % self.context.max_message_bytes)
+            elif not is_append and size > (MAX_MEMORY_LITERAL if authenticated
+                                           else MAX_LITERAL_UNAUTHENTICATED):
+                framed.refusal = (b"BAD", b"The literal is too large for this command.")
+            elif not is_append and framed.size + size > MAX_COMMAND_BYTES:
+                framed.refusal = (b"BAD", b"The command is too large.")
+        if framed.refusal is not None and not non_sync:
+            # no continuation: the client sends nothing more of this command
+            self._framing = None
+            self._answer(framed.tag, *framed.refusal)
+            return
+        if framed.refusal is None and is_append and not non_sync:
+            self._check_append_quota(framed, size)
+            return
+        self._receive_literal(framed, size, non_sync)
+
+    def _check_append_quota(self, framed, size):
+        """RFC 9208 §4.3: refuse an APPEND that cannot fit before it is sent."""
+        self._stop_reading()
+
+        def decided(quota):
+            if quota.used_bytes + size > quota.limit_bytes:
+                self._framing = None
+                self._answer(framed.tag, b"NO", b"[OVERQUOTA] " + wire.text(
+                    errors.QuotaExceeded.default_text))
+            else:
+                self._receive_literal(framed, size, False)
+            self._start_reading()
+
+        def failed(failure):
+            log.failure("quota check before APPEND failed", failure)
+            self._receive_literal(framed, size, False)
+            self._start_reading()
+        self.account.quota().addCallbacks(decided, failed)
+
+    def _receive_literal(self, framed, size, non_sync):
+        if self._gone:
+            return
+        _tag, name = framed.words()
+        if framed.refusal is not None:
+            sink = _DiscardSink(size)
+        elif name == b"APPEND" and size > MAX_MEMORY_LITERAL:
+            sink = _SpoolSink(self.context.new_spool(), size)
+        else:
+            sink = _MemorySink(size)
+            framed.size += size
+        self._literal = (framed, sink, size)
+        if not non_sync:
+            self.sendLine(b"+ Ready for literal data")
+        if size == 0:
+            self._literal_done()
+        else:
+            self.setRawMode()
+
+    def rawDataReceived(self, data):
+        self.resetTimeout()
+        _framed, sink, _size = self._literal
+        need = sink.remaining
+        if len(data) <= need:
+            sink.write(data)
+            rest = b""
+        else:
+            sink.write(data[:need])
+            rest = data[need:]
+        if sink.remaining == 0:
+            self._literal_done()
+            self.setLineMode(rest)
+
+    def _literal_done(self):
+        framed, sink, size = self._literal
+        self._literal = None
+        framed.segments.append(sink.literal(size))
+        self.line_mode = 1
+
+    # --- running commands one at a time ---
+
+    def _stop_reading(self):
+        """Hold further lines in LineReceiver's buffer (the transport keeps
+        reading until the buffer passes MAX_BUFFERED: pausing the socket for
+        every command would cost two epoll calls each)."""
+        self.paused = True
+
+    def _start_reading(self):
+        if self.paused and not self._gone:
+            self.paused = False
+            if self._transport_paused:
+                self._transport_paused = False
+                self.transport.resumeProducing()
+            self.dataReceived(b"")
+
+    def _wait_for_line(self):
+        """-> Deferred[bytes] of the client's next line (AUTHENTICATE, IDLE)."""
+        d = defer.Deferred()
+        self._line_waiter = d
+        self._start_reading()
+        return d
+
+    def _run(self, framed):
+        if framed.refusal is not None:
+            self._answer(framed.tag, *framed.refusal)
+            return
+        tag = b"*"
+        try:
+            segments = framed.segments
+            first = segments[0]
+            if not first.strip():
+                raise ParseError("Empty command line.")
+            m = _TAG.match(first)
+            if not m:
+                alone = _TAG.match(first + b" ")
+                if alone and alone.end() == len(first) + 1:
+                    tag = alone.group(1)
+                    raise ParseError("Missing command.")
+                raise ParseError("Missing or invalid tag.")
+            tag = m.group(1)
+            reader = CommandReader(segments)
+            reader._pos = m.end()
+            name = reader.atom().upper()
+            if name == b"UID":
+                reader.space()
+                name = b"UID " + reader.atom().upper()
+            entry = self._lookup(name)
+            fn, *argument_parsers = entry
+            values = [p(self, reader) if callable(p) else p for p in argument_parsers]
+            reader.end()
+        except ParseError as e:
+            self._release_spools(framed)
+            self._answer(tag, b"BAD", wire.text(str(e)))
+            return
+        except parser.BadCharset:
+            self._release_spools(framed)
+            self._answer(tag, b"NO", b"[BADCHARSET (" + b" ".join(
+                c.encode() for c in parser.SEARCH_CHARSETS) + b")] Unsupported charset.")
+            return
+        self._current = name
+        try:
+            d = defer.ensureDeferred(fn(self, tag, *values))
+        except Exception:
+            d = defer.fail()
+        d.addErrback(self._failed, tag, name)
+        d.addBoth(self._command_done, framed)
+        if not d.called:
+            self._busy = d
+            if self._line_waiter is None:
+                self._stop_reading()
+
+    def _lookup(self, name):
+        attr = self.state + "_" + name.decode("ascii").replace(" ", "_")
+        entry = getattr(self, attr, None)
+        if entry is None:
+            known = any(hasattr(self, f"{state}_{name.decode('ascii').replace(' ', '_')}")
+                        for state in ("unauth", "auth", "select"))
+            if not known:
+                raise ParseError("Unknown command.")
+            if self.state == "unauth":
+                raise ParseError("Log in first.")
+            if self.state == "auth":
+                raise ParseError("Select a folder first.")
+            raise ParseError("The command is not valid now.")
+        return entry
+
+    def _command_done(self, result, framed):
+        self._busy = None
+        self._current = None
+        self._release_spools(framed)
+        if not self._line_waiter:
+            self._start_reading()
+
+    @staticmethod
+    def _release_spools(framed):
+        for spool in framed.spools():
+            spool.discard()
+
+    # --- responses ---
+
+    def _expunge_allowed(self):
+        # RFC 3501 §7.4.1: not during FETCH, STORE or SEARCH (UID forms may)
+        return self._current not in (b"FETCH", b"STORE", b"SEARCH")
+
+    def _send_updates(self, allow_expunge=None):
+        selected = self.selected
+        if selected is None:
+            return
+        if selected.closed:
+            self.sendLine(b"* BYE The selected folder was deleted, renamed or rebuilt; "
+                          b"please log in again.")
+            self._drop()
+            raise _Gone()
+        if allow_expunge is None:
+            allow_expunge = self._expunge_allowed()
+        for line in selected.updates(allow_expunge):
+            self.sendLine(line)
+
+    def _answer(self, tag, status, text):
+        """A tagged completion, after the unsolicited responses now due."""
+        if self._gone:
+            return
+        if tag != b"*":
+            try:
+                self._send_updates()
+            except _Gone:
+                return
+        self.sendLine(tag + b" " + status + b" " + text)
+
+    def _ok(self, tag, text):
+        self._answer(tag, b"OK", text)
+
+    def folder_changed(self):
+        """A SelectedFolder has news: sent at once while idling (RFC 2177)."""
+        if self._idling and not self._gone:
+            try:
+                self._send_updates(allow_expunge=True)
+            except _Gone:
+                pass
+
+    def _failed(self, failure, tag, name):
+        """The one place where errors become responses."""
+        if failure.check(_Gone) or self._gone:
+            return None
+        error = failure.value
+        if failure.check(ParseError):
+            self._answer(tag, b"BAD", wire.text(str(error)))
+        elif failure.check(errors.KtmailError):
+            self._answer(tag, b"NO", self._error_code(error, name) + wire.text(error.text))
+        else:
+            log.failure("IMAP {command} failed for {user}", failure,
+                        command=name.decode("ascii", "replace"),
+                        user=self.mailbox.username if self.mailbox else "-")
+            self._answer(tag, b"NO", b"[SERVERBUG] Internal error; the problem was logged. "
+                                     b"Try again later.")
+        return None
+
+    @staticmethod
+    def _error_code(error, name):
+        """RFC 5530 response codes of our error vocabulary."""
+        if isinstance(error, errors.NoSuchFolder):
+            if name in (b"APPEND", b"COPY", b"MOVE", b"UID COPY", b"UID MOVE"):
+                return b"[TRYCREATE] "
+            return b"[NONEXISTENT] "
+        codes = (
+            (errors.AlreadyExists, b"[ALREADYEXISTS] "),
+            (errors.FolderProtected, b"[CANNOT] "),
+            (errors.ValidationError, b"[CANNOT] "),
+            (errors.QuotaExceeded, b"[OVERQUOTA] "),
+            (errors.TooBig, b"[TOOBIG] "),
+            (errors.AuthFailed, b"[AUTHENTICATIONFAILED] "),
+            (errors.LoginThrottled, b"[UNAVAILABLE] "),
+            (errors.StoreUnavailable, b"[UNAVAILABLE] "),
+            (errors.NoSuchMessage, b"[EXPUNGEISSUED] "),
+            (errors.NoSuchMailbox, b"[UNAVAILABLE] "),
+        )
+        for kind, code in codes:
+            if isinstance(error, kind):
+                return code
+        return b""
+
+    # === any state ==========================================================================
+
+    async def do_CAPABILITY(self, tag):
+        self.sendLine(b"* CAPABILITY " + b" ".join(self.capability_list()))
+        self._ok(tag, b"CAPABILITY completed")
+
+    async def do_NOOP(self, tag):
+        if self.selected is not None:
+            await self.selected.live.refresh()
+        self._ok(tag, b"NOOP completed")
+
+    async def do_LOGOUT(self, tag):
+        self.sendLine(b"* BYE Logging out")
+        self.sendLine(tag + b" OK LOGOUT completed")
+        self._drop()
+
+    async def do_ID(self, tag, params):
+        """RFC 2971: say who we are (and log who the client is)."""
+        if params:
+            log.info("IMAP client {peer} is {client}", peer=self.peer, client={
+                k.decode("utf-8", "replace"): (v or b"").decode("utf-8", "replace")[:100]
+                for k, v in list(params.items())[:30]})
+        self.sendLine(b'* ID ("name" "ktmail" "version" ' + wire.string(ktmail.__version__)
+                      + b")")
+        self._ok(tag, b"ID completed")
+
+    unauth_CAPABILITY = auth_CAPABILITY = select_CAPABILITY = (do_CAPABILITY,)
+    unauth_NOOP = auth_NOOP = select_NOOP = (do_NOOP,)
+    unauth_LOGOUT = auth_LOGOUT = select_LOGOUT = (do_LOGOUT,)
+    unauth_ID = auth_ID = select_ID = (do_ID, _id_params)
+
+    # === not authenticated ====================================================================
+
+    async def do_LOGIN(self, tag, username, password):
+        """RFC 3501 §6.2.3, with the mailbox username (not the address)."""
+        if not self.tls:
+            self._answer(tag, b"NO", b"[PRIVACYREQUIRED] Log in over TLS.")
+            return
+        await self._authenticate(tag, username.decode("utf-8", "replace"),
+                                 password.decode("utf-8", "replace"))
+
+    async def do_AUTHENTICATE(self, tag, arguments):
+        """RFC 3501 §6.2.2 with SASL-IR (RFC 4959): PLAIN (RFC 4616) only."""
+        mechanism, initial = arguments
+        if mechanism.upper() != b"PLAIN":
+            self._answer(tag, b"NO", b"[CANNOT] Unsupported mechanism; use PLAIN.")
+            return
+        if not self.tls:
+            self._answer(tag, b"NO", b"[PRIVACYREQUIRED] Log in over TLS.")
+            return
+        if initial is None:
+            self.sendLine(b"+ ")
+            response = await self._wait_for_line()
+        else:
+            response = b"" if initial == b"=" else initial
+        if response.strip() == b"*":
+            self._answer(tag, b"BAD", b"AUTHENTICATE cancelled.")
+            return
+        try:
+            decoded = base64.b64decode(response.strip(), validate=True)
+            authzid, authcid, password = decoded.split(b"\0")
+        except (ValueError, TypeError):
+            self._answer(tag, b"BAD", b"Malformed PLAIN response.")
+            return
+        if authzid and authzid != authcid:
+            self._answer(tag, b"NO", b"[AUTHORIZATIONFAILED] You may only log in as yourself.")
+            return
+        await self._authenticate(tag, authcid.decode("utf-8", "replace"),
+                                 password.decode("utf-8", "replace"))
+
+    async def _authenticate(self, tag, username, password):
+        try:
+            mailbox = await self.context.auth.authenticate_mailbox(username, password,
+                                                                   self.peer, "imap")
+        except errors.AuthFailed:
+            self._auth_failures += 1
+            self._answer(tag, b"NO", b"[AUTHENTICATIONFAILED] Wrong username or password. "
+                                     b"Log in with your mailbox username, not the address.")
+            if self._auth_failures >= MAX_AUTH_FAILURES:
+                self.sendLine(b"* BYE Too many failed logins.")
+                self._drop()
+            return
+        if self._gone:
+            return
+        self.mailbox = mailbox
+        self.account = ImapAccount(self.context.mailboxes, mailbox)
+        self.state = "auth"
+        self.setTimeout(self.POSTAUTH_TIMEOUT)
+        await self._quota_alert()
+        self._ok(tag, b"[CAPABILITY " + b" ".join(self.capability_list()) + b"] Logged in")
+
+    unauth_LOGIN = (do_LOGIN, _astring, _astring)
+    unauth_AUTHENTICATE = (do_AUTHENTICATE, _auth_args)
+
+    # === authenticated ===========================================================================
+
+    async def _quota_alert(self):
+        """[ALERT] once per session when the mailbox is over 90 % full."""
+        if self._quota_alerted or self.account is None:
+            return
+        try:
+            quota = await self.account.quota()
+        except errors.KtmailError:
+            return
+        if quota.limit_bytes and quota.fraction >= QUOTA_ALERT:
+            self._quota_alerted = True
+            mib = 1024 * 1024
+            self.sendLine(b"* OK [ALERT] " + wire.text(
+                f"Your mailbox is {int(quota.fraction * 100)}% full "
+                f"({quota.used_bytes // mib} of {quota.limit_bytes // mib} MiB); delete some "
+                "mail, or new messages will be refused."))
+
+    async def do_ENABLE(self, tag, capabilities):
+        """RFC 5161: nothing to enable yet; the list says what was enabled."""
+        enabled = [c for c in capabilities if c.upper().decode("ascii", "replace")
+                   in self.ENABLEABLE]
+        self._enabled.update(c.upper() for c in enabled)
+        self.sendLine(b"* ENABLED" + b"".join(b" " + c.upper() for c in enabled))
+        self._ok(tag, b"ENABLE completed")
+
+    #: capabilities ENABLE can turn on (CONDSTORE, QRESYNC ... when they exist)
+    ENABLEABLE = frozenset()
+
+    async def do_NAMESPACE(self, tag):
+        """RFC 2342: one personal namespace with "/" as separator."""
+        self.sendLine(b'* NAMESPACE (("" "/")) NIL NIL')
+        self._ok(tag, b"NAMESPACE completed")
+
+    async def do_SELECT(self, tag, name, rw):
+        """RFC 3501 §6.3.1/§6.3.2 with every response §7 asks for."""
+        self._deselect()
+        selected = await self.account.select(name, rw)
+        if self._gone:
+            selected.live.release()
+            return
+        selected.attach(self)
+        self.selected = selected
+        self.state = "select"
+        live = selected.live
+        infos = live.infos()
+        keywords = [k.encode("ascii", "replace") for k in keyword_flags(infos)]
+        system = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
+        flags = b" ".join([system] + keywords)
+        self.sendLine(b"* FLAGS (" + flags + b")")
+        if rw:
+            self.sendLine(b"* OK [PERMANENTFLAGS (" + flags + b" \\*)] Flags permitted.")
+        else:
+            self.sendLine(b"* OK [PERMANENTFLAGS ()] Read-only folder.")
+        self.sendLine(b"* %d EXISTS" % len(selected.uids))
+        self.sendLine(b"* %d RECENT" % len(selected.recent))
+        first = live.first_unseen_uid()
+        if first is not None:
+            seq = selected.seq_of(first)
+            if seq is not None:
+                self.sendLine(b"* OK [UNSEEN %d] First unseen." % seq)
+        self.sendLine(b"* OK [UIDVALIDITY %d] UIDs valid." % live.uidvalidity)
+        self.sendLine(b"* OK [UIDNEXT %d] Predicted next UID." % live.uidnext)
+        command = b"SELECT" if rw else b"EXAMINE"
+        self._ok(tag, (b"[READ-WRITE] " if rw else b"[READ-ONLY] ") + command + b" completed")
+
+    def _deselect(self):
+        selected, self.selected = self.selected, None
+        if selected is not None:
+            selected.detach()
+        if self.state == "select":
+            self.state = "auth"
+
+    async def do_CREATE(self, tag, name):
+        """RFC 3501 §6.3.3: a trailing separator only says subfolders will follow."""
+        if name.endswith(SEPARATOR):
+            name = name.rstrip(SEPARATOR)
+        if name.upper() == INBOX:
+            self._answer(tag, b"NO", b"[ALREADYEXISTS] INBOX always exists.")
+            return
+        await self.account.create(name)
+        self._ok(tag, b"CREATE completed")
+
+    async def do_DELETE(self, tag, name):
+        """RFC 3501 §6.3.4; the default folders are refused ([CANNOT])."""
+        self._leave_if_selected(name)
+        await self.account.delete(name)
+        self._ok(tag, b"DELETE completed")
+
+    async def do_RENAME(self, tag, old, new):
+        """RFC 3501 §6.3.5 (RENAME INBOX moves its messages to a new folder)."""
+        self._leave_if_selected(old)
+        await self.account.rename(old, new)
+        self._ok(tag, b"RENAME completed")
+
+    def _leave_if_selected(self, name):
+        """Our own DELETE/RENAME of the selected folder: deselect it first
+        rather than be told the folder vanished."""
+        if self.selected is None:
+            return
+        try:
+            target = normalize_folder_name(name)
+        except errors.ValidationError:
+            return
+        current = self.selected.live.name
+        if target == current or current.startswith(target + SEPARATOR):
+            if target != INBOX:
+                self._deselect()
+
+    async def do_SUBSCRIBE(self, tag, name):
+        await self.account.subscribe(name)
+        self._ok(tag, b"SUBSCRIBE completed")
+
+    async def do_UNSUBSCRIBE(self, tag, name):
+        await self.account.unsubscribe(name)
+        self._ok(tag, b"UNSUBSCRIBE completed")
+
+    async def do_LIST(self, tag, command):
+        """RFC 3501 §6.3.8 with CHILDREN (RFC 3348) and SPECIAL-USE (RFC 6154)
+        attributes, and the RFC 5258 selection/return options SUBSCRIBED and
+        SPECIAL-USE."""
+        if command.patterns == ("",):
+            # RFC 3501: the hierarchy delimiter and the root
+            self.sendLine(b'* LIST (\\Noselect) "/" ""')
+            self._ok(tag, b"LIST completed")
+            return
+        matchers = [pattern_matcher(command.reference, p) for p in command.patterns]
+        infos = await self.account.list_folders()
+        wants_subscribed = "SUBSCRIBED" in command.selection | command.returns
+        subscribed = set(await self.account.list_subscriptions()) if wants_subscribed else set()
+        special_only = "SPECIAL-USE" in command.selection
+        existing = {i.name for i in infos}
+        lines = []
+        for info in infos:
+            if not any(m(info.name) for m in matchers):
+                continue
+            if "SUBSCRIBED" in command.selection and info.name not in subscribed:
+                continue
+            if special_only and not info.special_use:
+                continue
+            attributes = [b"\\HasChildren" if info.has_children else b"\\HasNoChildren"]
+            if info.special_use:
+                attributes.append(info.special_use.encode("ascii"))
+            if wants_subscribed and info.name in subscribed:
+                attributes.append(b"\\Subscribed")
+            lines.append((info.name != INBOX, info.name, attributes))
+        if "SUBSCRIBED" in command.selection and not special_only:
+            for name in sorted(subscribed - existing):
+                if any(m(name) for m in matchers):
+                    lines.append((True, name, [b"\\NonExistent", b"\\Subscribed"]))
+        for _, name, attributes in sorted(lines):
+            self.sendLine(b"* LIST (" + b" ".join(attributes) + b') "/" '
+                          + wire.mailbox(name))
+        self._ok(tag, b"LIST completed")
+
+    async def do_LSUB(self, tag, reference, pattern):
+        """RFC 3501 §6.3.9: subscribed names; folders that no longer exist are
+        \\Noselect."""
+        matcher = pattern_matcher(reference, pattern)
+        names = await self.account.list_subscriptions()
+        existing = {i.name for i in await self.account.list_folders()}
+        for name in sorted(names, key=lambda n: (n != INBOX, n)):
+            if matcher(name):
+                flags = b"" if name in existing else b"\\Noselect"
+                self.sendLine(b"* LSUB (" + flags + b') "/" ' + wire.mailbox(name))
+        self._ok(tag, b"LSUB completed")
+
+    async def do_STATUS(self, tag, name, items):
+        """RFC 3501 §6.3.10 (the name is quoted when it must be)."""
+        status = await self.account.status(name)
+        values = {"MESSAGES": status.messages, "RECENT": status.recent,
+                  "UIDNEXT": status.uidnext, "UIDVALIDITY": status.uidvalidity,
+                  "UNSEEN": status.unseen}
+        self.sendLine(b"* STATUS " + wire.mailbox(status.name) + b" (" + b" ".join(
+            b"%s %d" % (item.encode(), values[item]) for item in items) + b")")
+        self._ok(tag, b"STATUS completed")
+
+    async def do_APPEND(self, tag, arguments):
+        """RFC 3501 §6.3.11 with APPENDUID (RFC 4315), [TOOBIG] and
+        [OVERQUOTA]; the message was streamed to a spool file as it arrived."""
+        name, flags, date, literal = arguments
+        if literal.size > self.context.max_message_bytes:
+            raise errors.TooBig()
+        if literal.spool is not None:
+            await literal.spool.finish()
+            source = literal.spool.path
+        else:
+            source = io.BytesIO(literal.data)
+        stored = await self.account.append(name, source, [f for f in flags
+                                                          if f != "\\Recent"], date)
+        await self._quota_alert()
+        self._ok(tag, b"[APPENDUID %d %d] APPEND completed" % (stored.uidvalidity,
+                                                               stored.info.uid))
+
+    async def do_GETQUOTAROOT(self, tag, name):
+        """RFC 9208 §4.3.2: one quota root, "", for all folders together."""
+        status = await self.account.status(name)
+        quota = await self.account.quota()
+        self.sendLine(b"* QUOTAROOT " + wire.mailbox(status.name) + b' ""')
+        self.sendLine(b'* QUOTA "" (STORAGE %d %d)' % (quota.used_kib, quota.limit_kib))
+        self._ok(tag, b"GETQUOTAROOT completed")
+
+    async def do_GETQUOTA(self, tag, root):
+        """RFC 9208 §4.3.1: STORAGE in units of 1024 octets."""
+        if root != b"":
+            self._answer(tag, b"NO", b"[NONEXISTENT] The only quota root is \"\".")
+            return
+        quota = await self.account.quota()
+        self.sendLine(b'* QUOTA "" (STORAGE %d %d)' % (quota.used_kib, quota.limit_kib))
+        self._ok(tag, b"GETQUOTA completed")
+
+    async def do_SETQUOTA(self, tag, rest):
+        self._answer(tag, b"NO", b"[NOPERM] The quota is set by the service.")
+
+    async def do_IDLE(self, tag):
+        """RFC 2177: changes are sent as they happen until DONE (and only
+        DONE) ends the command."""
+        self.sendLine(b"+ idling")
+        self._idling = True
+        try:
+            self.folder_changed()
+            while True:
+                line = await self._wait_for_line()
+                if line.strip().upper() == b"DONE":
+                    break
+                self.sendLine(b"* BAD Expected DONE.")
+        finally:
+            self._idling = False
+        self._ok(tag, b"IDLE terminated")
+
+    auth_ENABLE = select_ENABLE = (do_ENABLE, _atoms)
+    auth_NAMESPACE = select_NAMESPACE = (do_NAMESPACE,)
+    auth_SELECT = select_SELECT = (do_SELECT, _mailbox, True)
+    auth_EXAMINE = select_EXAMINE = (do_SELECT, _mailbox, False)
+    auth_CREATE = select_CREATE = (do_CREATE, _mailbox)
+    auth_DELETE = select_DELETE = (do_DELETE, _mailbox)
+    auth_RENAME = select_RENAME = (do_RENAME, _mailbox, _mailbox)
+    auth_SUBSCRIBE = select_SUBSCRIBE = (do_SUBSCRIBE, _mailbox)
+    auth_UNSUBSCRIBE = select_UNSUBSCRIBE = (do_UNSUBSCRIBE, _mailbox)
+    auth_LIST = select_LIST = (do_LIST, _list_command)
+    auth_LSUB = select_LSUB = (do_LSUB, _list_reference, _list_pattern)
+    auth_STATUS = select_STATUS = (do_STATUS, _mailbox, _status_items)
+    auth_APPEND = select_APPEND = (do_APPEND, _append_args)
+    auth_GETQUOTAROOT = select_GETQUOTAROOT = (do_GETQUOTAROOT, _mailbox)
+    auth_GETQUOTA = select_GETQUOTA = (do_GETQUOTA, _quota_root)
+    auth_SETQUOTA = select_SETQUOTA = (do_SETQUOTA, _rest)
+    auth_IDLE = select_IDLE = (do_IDLE,)
+
+    # === selected ===============================================================================
+
+    def _writable(self):
+        if self.selected is None or not self.selected.rw:
+            raise errors.ValidationError("The folder is open read-only (EXAMINE).")
+        return self.selected
+
+    async def do_CHECK(self, tag):
+        await self.selected.live.refresh()
+        self._ok(tag, b"CHECK completed")
+
+    async def do_CLOSE(self, tag):
+        """RFC 3501 §6.4.2: expunge silently (read-write only), then deselect."""
+        selected = self.selected
+        if selected.rw:
+            doomed = selected.deleted_uids()
+            if doomed:
+                await selected.live.expunge(doomed, origin=selected)
+        self._deselect()
+        self._ok(tag, b"CLOSE completed")
+
+    async def do_UNSELECT(self, tag):
+        """RFC 3691: CLOSE without expunging."""
+        self._deselect()
+        self._ok(tag, b"UNSELECT completed")
+
+    async def do_EXPUNGE(self, tag, seqset=None):
+        """RFC 3501 §6.4.3, and UID EXPUNGE (RFC 4315 §2.1) with a UID set."""
+        selected = self._writable()
+        among = None
+        if seqset is not None:
+            among = [uid for _, uid in selected.resolve(seqset, by_uid=True)]
+        doomed = selected.deleted_uids(among)
+        if doomed:
+            # the responses come back through our own listener, like anyone's
+            await selected.live.expunge(doomed)
+        self._ok(tag, b"EXPUNGE completed")
+
+    async def do_SEARCH(self, tag, program, by_uid):
+        """RFC 3501 §6.4.4: always one ``* SEARCH`` line, also when nothing
+        matches; served from the index, bodies read off the reactor thread."""
+        _charset, query = program
+        selected = self.selected
+        live = selected.live
+        view = selected.uids
+        info = live.info
+        messages = [(n, i) for n, uid in enumerate(view, 1) if (i := info(uid)) is not None]
+        scope = search.Scope(recent=frozenset(selected.recent), last_position=len(view),
+                             last_uid=view[-1] if view else 0)
+        positions = await search.search(live, query, messages, scope)
+        numbers = [view[p - 1] for p in positions] if by_uid else positions
+        self.sendLine(b"* SEARCH" + b"".join(b" %d" % n for n in numbers))
+        self._ok(tag, b"SEARCH completed")
+
+    async def do_STORE(self, tag, seqset, action, by_uid):
+        """RFC 3501 §6.4.6: the new flags of every message in the set are
+        reported unless .SILENT (others' changes are reported anyway)."""
+        selected = self._writable()
+        targets = selected.resolve(seqset, by_uid)
+        flags = [f for f in action.flags if f != "\\Recent"]
+        live = selected.live
+        uids = [uid for _, uid in targets if live.info(uid) is not None]
+        if uids:
+            await live.set_flags(uids, flags, action.mode, origin=selected)
+        if not action.silent:
+            lines = []
+            for seq, uid in targets:
+                current = live.info(uid)
+                if current is not None:
+                    lines.append(selected.flags_line(seq, current, with_uid=by_uid))
+                if len(lines) >= FAST_BATCH:
+                    self.transport.write(b"\r\n".join(lines) + b"\r\n")
+                    lines = []
+                    await self._gate.wait()
+            if lines and not self._gone:
+                self.transport.write(b"\r\n".join(lines) + b"\r\n")
+        self._ok(tag, b"STORE completed")
+
+    async def do_COPY(self, tag, seqset, name, by_uid):
+        """RFC 3501 §6.4.7 with COPYUID (RFC 4315); quota-checked."""
+        selected = self.selected
+        uids = [uid for _, uid in selected.resolve(seqset, by_uid)
+                if selected.live.info(uid) is not None]
+        result = await selected.live.copy_to(uids, name)
+        await self._quota_alert()
+        self._ok(tag, self._copyuid(result) + b"COPY completed")
+
+    async def do_MOVE(self, tag, seqset, name, by_uid):
+        """RFC 6851: COPYUID in an untagged OK, then the EXPUNGEs; through the
+        mailboxes service, which trains the spam filter for Spam moves."""
+        selected = self._writable()
+        uids = [uid for _, uid in selected.resolve(seqset, by_uid)
+                if selected.live.info(uid) is not None]
+        result = await selected.live.move_to(uids, name)
+        code = self._copyuid(result)
+        if code:
+            self.sendLine(b"* OK " + code + b"Moved.")
+        self._ok(tag, b"MOVE completed")
+
+    @staticmethod
+    def _copyuid(result):
+        if not result.uid_map:
+            return b""
+        sources = [s for s, _ in result.uid_map]
+        targets = [t for _, t in result.uid_map]
+        if sources == sorted(sources):
+            source_set, target_set = wire.number_set(sources), wire.number_set(targets)
+        else:
+            source_set = b",".join(b"%d" % s for s in sources)
+            target_set = b",".join(b"%d" % t for t in targets)
+        return b"[COPYUID %d %s %s] " % (result.uidvalidity, source_set, target_set)
+
+    async def do_FETCH(self, tag, seqset, items, by_uid):
+        """RFC 3501 §6.4.5."""
+        selected = self.selected
+        targets = selected.resolve(seqset, by_uid)
+        if by_uid and not any(i.name == "UID" for i in items):
+            items = (parser.FetchItem("UID"),) + tuple(items)
+        if all(i.name in _FAST_ITEMS for i in items):
+            await self._fetch_fast(selected, targets, items)
+        else:
+            await self._fetch_full(selected, targets, items)
+        self._ok(tag, b"FETCH completed")
+
+    def _static_item(self, item, info, recent, flag_cache):
+        name = item.name
+        if name == "UID":
+            return b"UID %d" % info.uid
+        if name == "FLAGS":
+            if recent:
+                return b"FLAGS " + wire.flag_list(info.flags, True)
+            found = flag_cache.get(info.flags)
+            if found is None:
+                found = flag_cache[info.flags] = b"FLAGS " + wire.flag_list(info.flags)
+            return found
+        if name == "RFC822.SIZE":
+            return b"RFC822.SIZE %d" % info.size
+        if name == "INTERNALDATE":
+            return b"INTERNALDATE " + wire.internal_date(info.internal_date)
+        raise AssertionError(name)
+
+    async def _fetch_fast(self, selected, targets, items):
+        """FLAGS/UID/RFC822.SIZE/INTERNALDATE only: written in slices of
+        FAST_BATCH lines (one write each), no per-message reactor turn."""
+        info_of = selected.live.info
+        recent = selected.recent
+        cache = {}
+        out = []
+        for seq, uid in targets:
+            info = info_of(uid)
+            if info is None:
+                continue
+            out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(
+                self._static_item(item, info, uid in recent, cache) for item in items)))
+            if len(out) >= FAST_BATCH:
+                await self._write_slice(out)
+                out = []
+        if out and not self._gone:
+            self.transport.write(b"".join(out))
+
+    async def _write_slice(self, lines):
+        if self._gone:
+            raise _Gone()
+        self.transport.write(b"".join(lines))
+        await self._gate.wait()
+        await self.context.next_turn()
+        if self._gone:
+            raise _Gone()
+
+    async def _fetch_full(self, selected, targets, items):
+        live = selected.live
+        sets_seen = selected.rw and any(i.sets_seen for i in items)
+        structure_needed = fetch.needs_structure(items)
+        wants_flags = any(i.name == "FLAGS" for i in items)
+        cache = {}
+        for start in range(0, len(targets), FULL_BATCH):
+            batch = [(seq, uid, live.info(uid)) for seq, uid in targets[start:start + FULL_BATCH]]
+            batch = [(seq, uid, info) for seq, uid, info in batch if info is not None]
+            if not batch:
+                continue
+            newly_seen = set()
+            if sets_seen:
+                unseen = [uid for _, uid, info in batch if SEEN not in info.flags]
+                if unseen:
+                    result = await live.set_flags(unseen, [SEEN], FLAGS_ADD, origin=selected)
+                    newly_seen = {i.uid for i in result.changed}
+                    batch = [(seq, uid, live.info(uid) or info) for seq, uid, info in batch]
+            summaries = {}
+            if structure_needed:
+                summaries = await live.details([uid for _, uid, _ in batch])
+            plans = {}
+            reads = {}
+            for seq, uid, info in batch:
+                if structure_needed and uid not in summaries:
+                    continue  # expunged meanwhile
+                summary = summaries.get(uid)
+                plans[uid] = plan = self._plan(items, info, summary, uid in selected.recent,
+                                               cache)
+                wanted = [p for p in plan if isinstance(p, _Read)]
+                if wanted:
+                    reads[uid] = wanted
+            data = {}
+            if reads:
+                data = await live.read_messages(list(reads), _range_reader(reads))
+            for seq, uid, info in batch:
+                plan = plans.get(uid)
+                if plan is None or (uid in reads and uid not in data):
+                    continue
+                if uid in newly_seen and not wants_flags:
+                    plan = plan + [b"FLAGS " + wire.flag_list(info.flags, uid in selected.recent)]
+                await self._write_message(live, seq, uid, plan, data.get(uid))
+            await self._gate.wait()
+            if self._gone:
+                raise _Gone()
+
+    def _plan(self, items, info, summary, recent, cache):
+        """The response items of one message: bytes, _Read (a small range or
+        header block, read in the batch) or _Stream (a large range)."""
+        plan = []
+        structure = summary.structure if summary is not None else None
+        for item in items:
+            name = item.name
+            if name in _FAST_ITEMS:
+                plan.append(self._static_item(item, info, recent, cache))
+            elif name == "ENVELOPE":
+                plan.append(b"ENVELOPE " + fetch.envelope(summary.envelope))
+            elif name == "BODYSTRUCTURE":
+                plan.append(b"BODYSTRUCTURE " + fetch.body_structure(structure, True))
+            elif name == "BODY" and item.section is None:
+                plan.append(b"BODY " + fetch.body_structure(structure, False))
+            elif name == "RFC822.HEADER":
+                plan.append(_Read(b"RFC822.HEADER", header=True))
+            else:
+                if name == "RFC822":
+                    label, section, partial = b"RFC822", parser.Section(), None
+                elif name == "RFC822.TEXT":
+                    label, section, partial = b"RFC822.TEXT", parser.Section(text="TEXT"), None
+                else:
+                    label, section, partial = fetch.body_label(item), item.section, item.partial
+                if not section.part and section.text in ("HEADER", "HEADER.FIELDS",
+                                                         "HEADER.FIELDS.NOT"):
+                    plan.append(_Read(label, header=True, section=section, partial=partial))
+                    continue
+                if section.text is None and not section.part:
+                    span = (0, info.size)
+                else:
+                    span = fetch.section_range(structure, section, info.size)
+                if span is None:
+                    plan.append(label + b" NIL")
+                    continue
+                begin, end = fetch.apply_partial(span[0], span[1], partial)
+                if section.text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+                    plan.append(_Read(label, span=span, section=section, partial=partial))
+                elif end - begin <= INLINE_BODY:
+                    plan.append(_Read(label, span=(begin, end)))
+                else:
+                    plan.append(_Stream(label, begin, end))
+        return plan
+
+    async def _write_message(self, live, seq, uid, plan, data):
+        streams = [p for p in plan if isinstance(p, _Stream)]
+        fileobj = None
+        if streams:
+            try:
+                fileobj = await live.open_message(uid)
+            except errors.NoSuchMessage:
+                return
+        try:
+            pieces = []
+            for n, piece in enumerate(plan):
+                prefix = b"* %d FETCH (" % seq if n == 0 else b" "
+                if isinstance(piece, bytes):
+                    pieces.append(prefix + piece)
+                elif isinstance(piece, _Read):
+                    pieces.append(prefix + piece.label + b" " + wire.literal(
+                        piece.render(data[id(piece)])))
+                else:
+                    pieces.append(prefix + piece.label + b" {%d}\r\n" % (piece.end - piece.start))
+                    if self._gone:
+                        raise _Gone()
+                    self.transport.write(b"".join(pieces))
+                    pieces = []
+                    await self._stream(fileobj, piece.start, piece.end)
+            pieces.append(b")\r\n")
+            if self._gone:
+                raise _Gone()
+            self.transport.write(b"".join(pieces))
+        finally:
+            if fileobj is not None:
+                fileobj.close()
+
+    async def _stream(self, fileobj, start, end):
+        """Send bytes [start, end) of a file, read in chunks on a worker
+        thread, waiting whenever the transport is full."""
+        position = start
+        while position < end:
+            size = min(STREAM_CHUNK, end - position)
+            chunk = await self.context.run_in_thread(_read_at, fileobj, position, size)
+            if len(chunk) < size:
+                # the file is shorter than the index says: keep the framing intact
+                log.warn("message file shorter than expected for {user}",
+                         user=self.mailbox.username if self.mailbox else "-")
+                chunk += b" " * (size - len(chunk))
+            if self._gone:
+                raise _Gone()
+            self.transport.write(chunk)
+            position += size
+            await self._gate.wait()
+
+    select_CHECK = (do_CHECK,)
+    select_CLOSE = (do_CLOSE,)
+    select_UNSELECT = (do_UNSELECT,)
+    select_EXPUNGE = (do_EXPUNGE,)
+    select_UID_EXPUNGE = (do_EXPUNGE, _seqset)
+    select_SEARCH = (do_SEARCH, _search_program, False)
+    select_UID_SEARCH = (do_SEARCH, _search_program, True)
+    select_FETCH = (do_FETCH, _seqset, _fetch_atts, False)
+    select_UID_FETCH = (do_FETCH, _seqset, _fetch_atts, True)
+    select_STORE = (do_STORE, _seqset, _store_action, False)
+    select_UID_STORE = (do_STORE, _seqset, _store_action, True)
+    select_COPY = (do_COPY, _seqset, _mailbox, False)
+    select_UID_COPY = (do_COPY, _seqset, _mailbox, True)
+    select_MOVE = (do_MOVE, _seqset, _mailbox, False)
+    select_UID_MOVE = (do_MOVE, _seqset, _mailbox, True)
+
+
+@attrs.frozen
+class _Read:
+    """A FETCH item whose bytes are read with the batch: a byte ``span`` of
+    the file, or the header block (``header``), filtered by a
+    HEADER.FIELDS ``section``, cut by ``partial``."""
+
+    label: bytes
+    span: tuple | None = None
+    header: bool = False
+    section: object = None
+    partial: tuple | None = None
+
+    def read(self, fileobj):
+        if self.header:
+            return search.read_header_block(fileobj)
+        start, end = self.span
+        fileobj.seek(start)
+        return fileobj.read(end - start)
+
+    def render(self, data):
+        if self.section is not None and self.section.text in ("HEADER.FIELDS",
+                                                              "HEADER.FIELDS.NOT"):
+            data = fetch.filter_header(data, self.section.fields,
+                                       self.section.text == "HEADER.FIELDS")
+        if self.partial is not None and (self.header or self.section is not None):
+            origin, length = self.partial
+            data = data[origin:origin + length]
+        return data
+
+
+@attrs.frozen
+class _Stream:
+    label: bytes
+    start: int
+    end: int
+
+
+def _range_reader(reads):
+    """reader(uid, fileobj) for LiveFolder.read_messages: the bytes of every
+    _Read of that message, in plan order (a list indexed like the plan)."""
+    def read(uid, fileobj):
+        return {id(r): r.read(fileobj) for r in reads[uid]}
+    return read
+
+
+def _read_at(fileobj, position, size):
+    fileobj.seek(position)
+    return fileobj.read(size)
+
+
+def _no_delay(transport):
+    """TCP_NODELAY on the socket under the TLS layer: responses are written
+    in whole pieces already, and Nagle's algorithm would hold a tagged reply
+    back for the client's delayed ACK (40 ms per command)."""
+    for _ in range(4):
+        if transport is None:
+            return
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+            return
+        transport = getattr(transport, "transport", None)
+
+
+class IMAPFactory(protocol.Factory):
+    """Builds one IMAPServer per connection (implicit TLS comes from the listener)."""
+
+    noisy = False
+
+    def __init__(self, context):
+        self.context = context
+
+    def buildProtocol(self, addr):
+        server = IMAPServer(self.context)
+        server.factory = self
+        return server
