@@ -97,6 +97,13 @@ class ICounterStore(Interface):
     def events_since(key, since):
         """-> [(time, count)] for ``key`` at or after ``since``, oldest first."""
 
+    def take_event(key, now, count, window, limit):
+        """Atomically: if the events of ``key`` later than ``now - window``
+        plus ``count`` stay within ``limit``, record ``count`` events at
+        ``now``. -> (recorded, [(time, count)] of those events before this
+        one, oldest first). Two takes racing for the last slot never both
+        get it, also from two processes or two nodes sharing the store."""
+
     def clear_events(key):
         """Forget every event of ``key``. -> None."""
 

@@ -215,6 +215,15 @@ class MemoryStore:
         return [e for e in self._events.get(key, []) if e[0] >= since]
 
     @_answer
+    def take_event(self, key, now, count, window, limit):
+        events = [e for e in self._events.get(key, []) if e[0] > now - window]
+        taken = sum(n for _, n in events) + count <= limit
+        if taken:
+            self._events.setdefault(key, []).append((now, count))
+            self._events[key].sort()
+        return taken, events
+
+    @_answer
     def clear_events(self, key):
         self._events.pop(key, None)
 
