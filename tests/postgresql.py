@@ -68,3 +68,14 @@ def open_database(testcase, runner=None):
     db = Database(empty_database(), runner or InlineRunner())
     testcase.addCleanup(db.close)
     return db
+
+
+def reopen_database(testcase, runner=None):
+    """Another ``Database`` over the test database as it is (a restarted
+    node, another node), closed at the end of ``testcase``."""
+    from ktmail.store.postgresql import Database
+    from ktmail.store.sqlite import InlineRunner
+
+    db = Database(postgresql_url(), runner or InlineRunner())
+    testcase.addCleanup(db.close)
+    return db
