@@ -323,6 +323,13 @@ class IQueueStore(Interface):
         """Clean up after a crash: drop half-written files. Called once at
         start-up, before the first ``list_entries``. -> number cleaned."""
 
+    def claim(entry_id):
+        """Take the entry for one delivery round, exclusively among every
+        process sharing the queue (several nodes on one shared directory):
+        -> a claim with ``release() -> Deferred``, or None when another
+        process holds it now. A claim ends with its process, also when the
+        process dies, so a crashed node's entries are taken over."""
+
 
 class IDkimKeyStore(Interface):
     """DKIM signing keys, one RSA key per domain, created on first use."""

@@ -606,6 +606,16 @@ class MemoryMailStore:
 _ENTRY_ID = re.compile(r"[a-z0-9-]{1,64}\Z")
 
 
+class _MemoryClaim:
+    def __init__(self, claimed, entry_id):
+        self._claimed = claimed
+        self.entry_id = entry_id
+
+    def release(self):
+        self._claimed.discard(self.entry_id)
+        return defer.succeed(None)
+
+
 @implementer(IQueueStore)
 class MemoryQueueStore:
     """The outbound queue in memory: entries and message bytes in dicts."""
@@ -614,6 +624,14 @@ class MemoryQueueStore:
         self._entries = {}     # id -> QueueEntry
         self._messages = {}    # id -> bytes
         self._token = 0
+        self._claimed = set()  # ids in a delivery round
+
+    @_answer
+    def claim(self, entry_id):
+        if entry_id in self._claimed:
+            return None
+        self._claimed.add(entry_id)
+        return _MemoryClaim(self._claimed, entry_id)
 
     def _check(self, entry_id):
         if not isinstance(entry_id, str) or not _ENTRY_ID.match(entry_id) \
