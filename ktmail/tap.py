@@ -17,9 +17,10 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ktmail import errors, tls
+from ktmail import errors, proxy_protocol, tls
 from ktmail.config import ConfigError, load_config
 from ktmail.errors import ValidationError
+from ktmail.proxy_protocol import ProxyHeaderFactory
 from ktmail.protocols.pop3 import POP3Factory
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
 from ktmail.services.accounts import AccountService
@@ -193,10 +194,14 @@ def listen(parent, reactor, config, name, factory, tls_context=None):
     """Start ``factory`` on the ``[listen] name`` endpoint; ``ssl:`` entries
     without their own key get the configured certificate."""
     description = getattr(config.listen, name)
+    # haproxy:... - the PROXY header comes first, before TLS and the protocol
+    description, proxied = proxy_protocol.split_description(description)
     plain = tls.as_plain_endpoint(description)
     if plain is not None:
         factory = TLSMemoryBIOFactory(tls_context, False, factory)
         description = plain
+    if proxied:
+        factory = ProxyHeaderFactory(factory, reactor)
     svc = strports.service(description, factory, reactor=reactor)
     svc.setName(f"listen-{name}")
     svc.setServiceParent(parent)
