@@ -76,7 +76,7 @@ def _imap(nodes, password):
         m = imaplib.IMAP4_SSL("localhost", node.ports["imap"], ssl_context=node.client_tls())
         m.login("bench_u", password)
         m.select("INBOX", readonly=True)
-        typ, data = m.fetch("1:*", "(BODY.PEEK[])")
+        _typ, data = m.fetch("1:*", "(BODY.PEEK[])")
         fetched[i] = sum(len(part[1]) for part in data if isinstance(part, tuple))
         m.logout()
     seconds = _in_threads(CLIENTS, client)
@@ -84,10 +84,10 @@ def _imap(nodes, password):
 
 
 def run(node_count, url, total):
+    import psycopg
+
     from tests.e2e import PASSWORD
     from tests.test_end_to_end_scale import Node
-
-    import psycopg
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA public CASCADE")
         conn.execute("CREATE SCHEMA public")
@@ -121,7 +121,7 @@ def main(argv=None):
     os.rmdir(pgdir)
     try:
         out = subprocess.run([os.path.join(ROOT, ".ci", "pg-cluster"), "start", pgdir],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
     except OSError as e:
         print(f"scale_bench: cannot start PostgreSQL ({e}); skipped")
         return 0
@@ -132,7 +132,7 @@ def main(argv=None):
     try:
         results = {n: run(n, url, total) for n in (1, 2)}
     finally:
-        subprocess.run([os.path.join(ROOT, ".ci", "pg-cluster"), "stop", pgdir])
+        subprocess.run([os.path.join(ROOT, ".ci", "pg-cluster"), "stop", pgdir], check=False)
     print(f"{total} messages of {len(_message(0))} bytes, {CLIENTS} clients, "
           f"{os.cpu_count()} cores")
     for kind, unit in (("smtp", "messages/s delivered"), ("imap", "MB/s fetched")):

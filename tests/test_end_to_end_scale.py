@@ -230,7 +230,7 @@ class TwoNodeTests(unittest.TestCase):
         self.b.wait_for_message("bob_u", "after the crash")
         subjects = set()
         for data in self.b.messages("bob_u"):
-            found = re.search(rb"^Subject: (.*)$", data, re.M)
+            found = re.search(rb"^Subject: (.*)$", data, re.MULTILINE)
             subjects.add(found.group(1).decode().strip())
         missing = [s for s in acknowledged if s not in subjects]
         self.assertEqual(missing, [])
@@ -239,7 +239,7 @@ class TwoNodeTests(unittest.TestCase):
             m = imaplib.IMAP4_SSL("localhost", self.b.ports["imap"],
                                   ssl_context=self.b.client_tls())
             m.login("bob_u", PASSWORD)
-            typ, data = m.select("INBOX")
+            _typ, data = m.select("INBOX")
             self.assertEqual(int(data[0]), len(subjects))
             m.logout()
 
