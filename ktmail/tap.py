@@ -12,9 +12,9 @@ import sys
 import attrs
 from twisted.application import internet, service, strports
 from twisted.internet import defer, threads
+from twisted.logger import Logger
 from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.logger import Logger
 from twisted.python import usage
 
 from ktmail import errors, proxy_protocol, tls
@@ -22,9 +22,12 @@ from ktmail.config import ConfigError, load_config
 from ktmail.errors import ValidationError
 from ktmail.proxy_protocol import ProxyHeaderFactory
 from ktmail.protocols.pop3 import POP3Factory
+from ktmail.protocols.reverse_dns import ReverseDNS
+from ktmail.protocols.smtp import InboundSMTPFactory, SubmissionSMTPFactory
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
+from ktmail.services.bounces import AfterDataBounces
 from ktmail.services.delivery import DeliveryService
 from ktmail.services.dkim import DkimSigner
 from ktmail.services.maildrop import MaildropService
@@ -35,6 +38,7 @@ from ktmail.services.routing import MXRouter
 from ktmail.services.spam import SpamFilter, check_rule_names
 from ktmail.services.spam.auth import TwistedNamesResolver
 from ktmail.store.database import folder_change_feed, open_stores
+from ktmail.services.submission import SubmissionService
 from ktmail.store.dkimkeys import DiskDkimKeyStore
 from ktmail.store.health import StorageProbe, with_timeout
 from ktmail.store.maildir import MaildirStore
@@ -42,7 +46,6 @@ from ktmail.store.queue import DiskQueueStore
 from ktmail.store.sqlite import ThreadRunner
 from ktmail.web.app import build_root, make_site
 from ktmail.web.sessions import MAILBOX
-
 
 log = Logger()
 
@@ -230,6 +233,39 @@ def health_checks(core, reactor):
             "storage": storage.check}
 
 
+def reverse_dns(reactor):
+    """Forward-confirmed reverse DNS for Received: fields, with short
+    timeouts; None when no name server is configured."""
+    try:
+        resolver = dns_client.Resolver(resolv="/etc/resolv.conf", timeout=(2, 3), reactor=reactor)
+    except (ValueError, OSError):
+        return None
+    return ReverseDNS(resolver, reactor)
+
+
+def listen_smtp(parent, reactor, config, core, tls_context, outbound):
+    """The MX (``smtp``, STARTTLS with the configured certificate) and the
+    submission (``submission``, implicit TLS; remote recipients go to the
+    ``outbound`` queue) listeners."""
+    delivery = core.delivery
+    common = dict(hostname=config.hostname, clock=reactor, delivery=delivery,
+                  max_message_bytes=config.limits.max_message_bytes,
+                  reverse_dns=reverse_dns(reactor), postmaster_domain=config.domains[0],
+                  bounces=AfterDataBounces(outbound, delivery, config.hostname, reactor))
+    if config.listen.smtp:
+        listen(parent, reactor, config, "smtp",
+               InboundSMTPFactory(tls_context=tls_context, **common), tls_context)
+    if config.listen.submission:
+        submission = SubmissionService(
+            delivery=delivery, outbound=outbound, counters=core.store,
+            limits=config.limits, domains=config.domains, hostname=config.hostname,
+            clock=reactor)
+        # implicit TLS comes from the listener; no STARTTLS inside it
+        listen(parent, reactor, config, "submission",
+               SubmissionSMTPFactory(auth=core.auth, submission=submission, **common),
+               tls_context)
+
+
 def makeService(options):
     from twisted.internet import reactor
 
@@ -254,8 +290,8 @@ def makeService(options):
     internet.TimerService(5, core.mailboxes.refresh_all).setServiceParent(top)
     add_folder_change_feed(top, core, reactor)
     # build_outbound(...)[0].enqueue is what submission and webmail hand remote mail to
-    _, outbound_scheduler = build_outbound(core, reactor,
-                                           deliver_local=core.delivery.deliver_local)
+    outbound_queue, outbound_scheduler = build_outbound(
+        core, reactor, deliver_local=core.delivery.deliver_local)
     outbound_scheduler.setServiceParent(top)
 
     if config.listen.web:
@@ -272,4 +308,6 @@ def makeService(options):
         maildrops = MaildropService(core.mailboxes)
         listen(top, reactor, config, "pop3",
                POP3Factory(core.auth, maildrops, reactor, config.hostname), tls_context)
+    if config.listen.smtp or config.listen.submission:
+        listen_smtp(top, reactor, config, core, tls_context, outbound_queue)
     return top
