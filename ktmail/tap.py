@@ -37,8 +37,8 @@ from ktmail.services.retention import InactivityJob, InactivityPolicy, SpamExpir
 from ktmail.services.routing import MXRouter
 from ktmail.services.spam import SpamFilter, check_rule_names
 from ktmail.services.spam.auth import TwistedNamesResolver
-from ktmail.store.database import folder_change_feed, open_stores
 from ktmail.services.submission import SubmissionService
+from ktmail.store.database import folder_change_feed, open_stores
 from ktmail.store.dkimkeys import DiskDkimKeyStore
 from ktmail.store.health import StorageProbe, with_timeout
 from ktmail.store.maildir import MaildirStore
