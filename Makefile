@@ -10,6 +10,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEVCONFIG := ktmail-dev.ini
 # every test and warning from our own code that is deprecated fails the run
+# two workers: the suite is dominated by end-to-end tests that wait on real daemons
+TRIAL_ARGS ?= -j2
 TRIAL_ENV := PYTHONWARNINGS=error::DeprecationWarning:ktmail,error::DeprecationWarning:tests
 
 .PHONY: run test bench certs install lint clean messages locale

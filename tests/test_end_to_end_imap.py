@@ -350,9 +350,12 @@ sslcacertfile = {d.cert}
 """)
 
         def run():
+            # Debian's offlineimap runs on the system Python: keep our venv's
+            # PYTHONPATH (trial -j sets one) away from it
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
             result = subprocess.run(["offlineimap", "-c", config, "-o", "-u", "basic"],
                                     capture_output=True, text=True, timeout=300,
-                                    stdin=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, env=env)
             self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
             return result.stdout + result.stderr
         output = run()
