@@ -296,10 +296,14 @@ def main(argv=None):
                     client.writer.close()
                 return after
             after = asyncio.run(hold())
+            time.sleep(2)
+            closed = rss_kib(pid)
             report(f"idle: daemon RSS before {args.idle} connections", f"{before / 1024:.0f}",
                    "MiB")
             report(f"idle: daemon RSS with {args.idle} idle logged-in connections",
                    f"{after / 1024:.0f}", "MiB")
+            # what stays is the allocator keeping argon2's 19 MiB per login thread
+            report("idle: daemon RSS after they closed", f"{closed / 1024:.0f}", "MiB")
         if "big" in only:
             time.sleep(1)
             a_time, a_peak, f_time, f_peak = asyncio.run(big_message(daemon, pid))

@@ -135,9 +135,10 @@ class ImapAccount:
     def quota(self):
         return self.mailboxes.quota(self.mailbox)
 
-    def append(self, name, source, flags, internal_date):
+    def append(self, name, source, flags, internal_date, link=False):
+        """``link``: ``source`` is a finished spool file the store may link."""
         return self.mailboxes.append(self.mailbox, name, source, flags=flags,
-                                     internal_date=internal_date)
+                                     internal_date=internal_date, link=link)
 
 
 def pattern_matcher(reference, pattern):
