@@ -594,16 +594,16 @@ class MailboxService:
 
     @deferred
     async def append(self, mailbox, name, source, flags=(), internal_date=None, origin=None,
-                     prefix=b"", enforce_quota=True, link=False):
+                     prefix=b"", enforce_quota=True):
         """Store a message in a folder (IMAP APPEND, webmail, delivery):
         ``source`` is a path or a binary file object, ``prefix`` bytes go
         before it. -> model.StoredMessage. QuotaExceeded (the mailbox's
         quota, unless ``enforce_quota`` is false), TooBig, NoSuchFolder,
-        ValidationError. ``link``: see IMailStore.add_message (spool files)."""
+        ValidationError."""
         self._check_size(source)
         stored = await self.store.add_message(
             mailbox.id, name, source, prefix=prefix, flags=flags, internal_date=internal_date,
-            quota_bytes=mailbox.quota_bytes if enforce_quota else None, link=link)
+            quota_bytes=mailbox.quota_bytes if enforce_quota else None)
         folder = self.live_folder(mailbox, stored.folder)
         if folder is not None:
             folder._apply_added([stored.info], origin, stored.info.modseq)

@@ -211,17 +211,13 @@ class IMailStore(Interface):
     # --- messages ---
 
     def add_message(mailbox_id, name, source, prefix=b"", flags=(), internal_date=None,
-                    quota_bytes=None, link=False):
+                    quota_bytes=None):
         """Store one message. ``source`` is a file path or a binary file
         object read to its end (off the reactor thread); ``prefix`` bytes
         (e.g. Return-Path: and X-Spam-* header lines) are put before it;
         line endings become CRLF. ``flags`` are set at once (APPEND);
         ``internal_date`` defaults to now. QuotaExceeded if usage + size >
-        ``quota_bytes``. ``link``: ``source`` is a path the caller will
-        not change again (a spool file, e.g. an IMAP APPEND); when it has
-        CRLF line endings already and there is no prefix, the store may
-        hard-link it instead of copying it.
-        -> model.StoredMessage(folder, uidvalidity, info)."""
+        ``quota_bytes``. -> model.StoredMessage(folder, uidvalidity, info)."""
 
     def set_flags(mailbox_id, name, uids, flags, mode, unchanged_since=None):
         """Change flags: ``mode`` is model.FLAGS_ADD, FLAGS_REMOVE or

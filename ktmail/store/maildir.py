@@ -881,19 +881,13 @@ class MaildirMailbox:
 
     # --- adding ---
 
-    def stage(self, source, prefix, summarize=True, link=False):
-        """Write a message to ``tmp/`` with CRLF line endings and fsync it
-        (or, with ``link``, hard-link a CRLF source file there, which saves
-        a copy of a 50 MiB APPEND). Runs outside the mailbox lock (the file
-        is private until published)."""
+    def stage(self, source, prefix, summarize=True):
+        """Write a message to ``tmp/`` with CRLF line endings and fsync it.
+        Runs outside the mailbox lock (the file is private until published)."""
         if not os.path.isdir(self.path):
             raise errors.NoSuchMailbox()
         os.makedirs(os.path.join(self.path, "tmp"), exist_ok=True)
         tmp = os.path.join(self.path, "tmp", self._names.make())
-        if link and not prefix and isinstance(source, (str, os.PathLike)):
-            staged = self._stage_link(source, tmp, summarize)
-            if staged is not None:
-                return staged
         opened = None
         try:
             if isinstance(source, (str, bytes, os.PathLike)):
@@ -919,27 +913,6 @@ class MaildirMailbox:
         finally:
             if opened is not None:
                 opened.close()
-
-    def _stage_link(self, source, tmp, summarize):
-        """The link path of ``stage``: None when the file cannot be linked
-        (another file system) or has bare LFs (then it is copied)."""
-        try:
-            if _needs_crlf(source):
-                return None
-            os.link(source, tmp)
-        except OSError as e:
-            if e.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                return None
-            raise
-        try:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())  # cheap when the writer synced it already
-                size = os.fstat(f.fileno()).st_size
-                summary = mime.summarize(f) if summarize else None
-            return _Staged(path=tmp, size=size, summary=summary)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
 
     def commit_staged(self, staged, name, flags, internal_date, quota_bytes):
         """Publish a staged message into a folder and index it (under the lock)."""
@@ -1365,9 +1338,9 @@ class MaildirStore:
     # --- messages ---
 
     def add_message(self, mailbox_id, name, source, prefix=b"", flags=(), internal_date=None,
-                    quota_bytes=None, link=False):
+                    quota_bytes=None):
         mailbox = self._mailbox(mailbox_id)
-        d = self._run(mailbox.stage, source, prefix, True, link)
+        d = self._run(mailbox.stage, source, prefix)
         d.addCallback(lambda staged: self._queued(
             mailbox_id, "commit_staged", staged, name, flags, internal_date, quota_bytes))
         return d

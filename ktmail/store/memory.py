@@ -423,7 +423,7 @@ class MemoryMailStore:
     # messages
     @_answer
     def add_message(self, mailbox_id, name, source, prefix=b"", flags=(), internal_date=None,
-                    quota_bytes=None, link=False):
+                    quota_bytes=None):
         folder = self._folder(mailbox_id, name)
         flags = check_flags(flags)
         out = io.BytesIO()

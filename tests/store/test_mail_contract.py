@@ -2,7 +2,6 @@
 fake alike (a test that passes against the fake means something)."""
 
 import io
-import os
 
 from twisted.internet import task
 from twisted.trial import unittest
@@ -264,22 +263,6 @@ class MailStoreContract:
         f = await self.store.open_message(MAILBOX, "INBOX", info.uid)
         with f:
             self.assertEqual(f.read(), MESSAGE)
-
-    @deferred
-    async def test_add_a_spool_file_by_link(self):
-        """With ``link`` a CRLF spool file is stored as it is, and one with
-        bare LFs is still converted; the caller may unlink its file after."""
-        for data, stored in ((MESSAGE, MESSAGE), (b"Subject: lf\n\nbody\n",
-                                                  b"Subject: lf\r\n\r\nbody\r\n")):
-            path = self.mktemp()
-            with open(path, "wb") as f:
-                f.write(data)
-            info = await self.add(source=path, link=True)
-            os.unlink(path)
-            f = await self.store.open_message(MAILBOX, "INBOX", info.uid)
-            with f:
-                self.assertEqual(f.read(), stored)
-            self.assertEqual(info.size, len(stored))
 
     @deferred
     async def test_add_with_flags_and_internal_date(self):

@@ -314,23 +314,6 @@ class ForeignChangeTests(MaildirTestCase):
         self.assertEqual(scanned, [])
 
 
-class SpoolLinkTests(MaildirTestCase):
-    @deferred
-    async def test_a_crlf_spool_file_is_linked_not_copied(self):
-        """IMAP APPEND spools on the Maildir file system: the message file is
-        the spool file's inode (one write of a 50 MiB message, not two)."""
-        spool = os.path.join(self.data_dir, "spool-file")
-        with open(spool, "wb") as f:
-            f.write(b"Subject: big\r\n\r\n" + b"x" * 100000 + b"\r\n")
-        inode = os.stat(spool).st_ino
-        info = await self.add(source=spool, link=True)
-        path = await self.store.message_path(MAILBOX, "INBOX", info.uid)
-        self.assertEqual(os.stat(path).st_ino, inode)
-        copied = await self.add(source=spool)
-        path = await self.store.message_path(MAILBOX, "INBOX", copied.uid)
-        self.assertNotEqual(os.stat(path).st_ino, inode)
-
-
 class CrashTests(MaildirTestCase):
     @deferred
     async def test_failure_before_the_rename_leaves_nothing(self):
