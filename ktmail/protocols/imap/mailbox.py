@@ -135,10 +135,11 @@ class ImapAccount:
     def quota(self):
         return self.mailboxes.quota(self.mailbox)
 
-    def append(self, name, source, flags, internal_date, link=False):
-        """``link``: ``source`` is a finished spool file the store may link."""
+    def append(self, name, source, flags, internal_date):
+        """``source``: a path (a finished spool file, which the store links
+        rather than copies when it can) or a binary file object."""
         return self.mailboxes.append(self.mailbox, name, source, flags=flags,
-                                     internal_date=internal_date, link=link)
+                                     internal_date=internal_date)
 
 
 def pattern_matcher(reference, pattern):

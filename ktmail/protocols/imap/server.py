@@ -1012,8 +1012,7 @@ class IMAPServer(imap4.IMAP4Server):
         else:
             source = io.BytesIO(literal.data)
         stored = await self.account.append(name, source, [f for f in flags
-                                                          if f != "\\Recent"], date,
-                                           link=literal.spool is not None)
+                                                          if f != "\\Recent"], date)
         await self._quota_alert()
         self._ok(tag, b"[APPENDUID %d %d] APPEND completed" % (stored.uidvalidity,
                                                                stored.info.uid))
