@@ -9,7 +9,13 @@ an import or another Maildir tool would), then times:
   index is read and the directories are listed once to check them;
 - warm load: the same store opens it again with nothing changed;
 - status: STATUS without loading the message list;
-- flag change: +FLAGS \\Seen on one message, then changes_since.
+- flag change: +FLAGS \\Seen on one message, then changes_since;
+- through the mailboxes service: the first SELECT after a restart (store
+  cold load plus building the shared live folder) and a later SELECT of the
+  live folder (what every further session gets).
+
+It first prints a calibration figure (sum(range(10**7)) on one core) so
+figures from different machines can be compared.
 
 Usage: python -m bench.store_bench [N] (default 100000). Prints figures.
 """
@@ -20,7 +26,9 @@ import sys
 import tempfile
 import time
 
-from ktmail.model import FLAGS_ADD
+from ktmail.config import Limits
+from ktmail.model import FLAGS_ADD, Address, Mailbox
+from ktmail.services.mailboxes import MailboxService
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.sqlite import InlineRunner
 
@@ -61,9 +69,16 @@ def fill(cur, count):
             f.write(data)
 
 
+def calibrate():
+    start = time.perf_counter()
+    sum(range(10**7))
+    return time.perf_counter() - start
+
+
 def main(count=100_000):
     base = tempfile.mkdtemp(prefix="ktmail-store-bench-")
     figures = []
+    print(f"{'calibration: sum(range(10**7))':<44} {calibrate():8.3f} s", flush=True)
     try:
         store = MaildirStore(base, WallClock(), InlineRunner())
         result(store.create_mailbox(MAILBOX))
@@ -92,6 +107,16 @@ def main(count=100_000):
               lambda: result(store.message_details(MAILBOX, "INBOX", range(1, 1001))), figures)
         timed("summaries of the same 1000 (from the index)",
               lambda: result(store.message_details(MAILBOX, "INBOX", range(1, 1001))), figures)
+        mailbox = Mailbox(id=MAILBOX, customer_id=1, username="bench",
+                          address=Address("bench", "sboksi.fi"), quota_bytes=10**12, created=0)
+        service = MailboxService(MaildirStore(base, WallClock(), InlineRunner()), None,
+                                 Limits(), WallClock())
+        live = timed("service: first SELECT after a restart",
+                     lambda: result(service.open_folder(mailbox, "INBOX")), figures)
+        timed("service: SELECT of the live folder",
+              lambda: result(service.open_folder(mailbox, "INBOX")), figures)
+        timed("service: first unseen + status of the live folder",
+              lambda: (live.first_unseen_uid(), live.status), figures)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return figures

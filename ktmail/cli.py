@@ -7,7 +7,10 @@ same services and the same database, whose transactions keep the rules.
 """
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 import time
 
 from twisted.internet import defer, task
@@ -15,6 +18,8 @@ from twisted.internet import defer, task
 from ktmail import errors
 from ktmail.config import ConfigError, load_config
 from ktmail.services.clientsetup import ClientSettings, dns_records
+from ktmail.services.retention import run_all
+from ktmail.services.spam import ALL_RULES
 
 ACTOR = "ktmail-admin"
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
@@ -74,7 +79,11 @@ def build_parser():
 
     spam = sub.add_parser("spam", help="spam filter")
     ssub = spam.add_subparsers(dest="action", required=True)
-    ssub.add_parser("score", help="score the message on stdin")
+    score = ssub.add_parser("score", help="score the message on stdin: first line 'spam SCORE' "
+                            "or 'ham SCORE', then the rules that fired")
+    score.add_argument("--mailbox", metavar="USERNAME",
+                       help="use what this mailbox's filter has learned (default: global)")
+    ssub.add_parser("rules", help="list every spam rule with its score")
 
     queue = sub.add_parser("queue", help="the outbound mail queue")
     qsub = queue.add_subparsers(dest="action", required=True)
@@ -198,9 +207,68 @@ async def run(args, core, stdin, out):
         dkim = [(name.split("._domainkey.")[0], value)]
         out.write("\n".join(dns_records(domain, settings, dkim)) + "\n")
     elif args.group == "expire":
-        raise Refused("expire: the retention jobs are not available in this version")
+        await expire(core, args.dry_run, out)
     elif args.group == "spam":
-        raise Refused("spam score: the spam filter is not available in this version")
+        if args.action == "score":
+            await spam_score(core, args.mailbox, stdin, out)
+        elif args.action == "rules":
+            for rule, points in sorted(((r, core.spam.rules.score_of(r))
+                                        for r in ALL_RULES.values()), key=lambda p: p[0].name):
+                out.write(f"{rule.name:<28}{points:7.1f}  {rule.description}\n")
+
+
+async def expire(core, dry_run, out):
+    """Run every retention job once (Spam expiry, inactive mailboxes);
+    ``--dry-run`` lists what would go, with the dates, and changes nothing."""
+    for name, reports in await run_all(core.retention_jobs, dry_run):
+        if name == "inactivity":
+            for action in reports:
+                out.write(inactivity_line(action, dry_run) + "\n")
+            gone = sum(1 for a in reports if a.kind == "delete")
+            out.write(f"{name}: {'would delete' if dry_run else 'deleted'} {gone} mailboxes, "
+                      f"{'would warn' if dry_run else 'warned'} {len(reports) - gone}\n")
+            continue
+        verb = "would delete" if dry_run else "deleted"
+        total = 0
+        for report in reports:
+            total += len(report.uids)
+            arrived = ", ".join(f"{uid} ({_day(at)})" for uid, at in report.arrived)
+            out.write(f"{name}\t{report.mailbox.username}\t{report.folder}\t{verb} "
+                      f"{len(report.uids)} messages, UIDs (arrived): {arrived}\n")
+        out.write(f"{name}: {verb} {total} messages in {len(reports)} mailboxes\n")
+
+
+def inactivity_line(action, dry_run):
+    m = action.mailbox
+    unused = f"last login {_day(m.last_login)}, created {_day(m.created)}"
+    if action.kind == "delete":
+        verb = "would delete" if dry_run else "deleted"
+        return f"inactivity\t{m.username}\t{m.address}\t{verb} the mailbox ({unused})"
+    verb = "would warn" if dry_run else "warned"
+    return (f"inactivity\t{m.username}\t{m.address}\t{verb}: deleted on "
+            f"{_day(action.delete_at)} unless someone logs in ({unused})")
+
+
+async def spam_score(core, username, stdin, out):
+    """Score the message on standard input with the service's filter (its
+    rules, scores and learned statistics). SPF/DKIM/DMARC need the SMTP
+    session and live DNS: they are checked at delivery, not here."""
+    mailbox = None
+    if username:
+        mailbox = await core.accounts.get_mailbox(username)
+    source = getattr(stdin, "buffer", None)
+    with tempfile.NamedTemporaryFile(prefix="ktmail-spam-", suffix=".eml") as spool:
+        if source is not None:
+            shutil.copyfileobj(source, spool, 1 << 20)
+        else:  # a text stream (tests)
+            spool.write(stdin.read().encode("utf-8", "surrogateescape"))
+        spool.flush()
+        if os.fstat(spool.fileno()).st_size == 0:
+            raise Refused("spam score: no message on standard input")
+        verdict = await core.spam.scan(spool.name, None, mailbox)
+    out.write(f"{'spam' if verdict.is_spam else 'ham'} {verdict.score:.1f}\n")
+    for hit in verdict.hits:
+        out.write(f"{hit.name:<28}{hit.score:7.1f}  {hit.description}\n")
 
 
 def main(argv=None, stdin=None, out=None, err=None):
@@ -218,7 +286,12 @@ def main(argv=None, stdin=None, out=None, err=None):
     async def command(reactor):
         from ktmail.tap import build_core
 
-        core = build_core(config, reactor)
+        try:
+            core = build_core(config, reactor)
+        except errors.ValidationError as e:
+            err.write(f"{config.path}: {e.text}\n")
+            status[0] = EXIT_REFUSED
+            return
         try:
             await run(args, core, stdin, out)
         except (Refused, errors.KtmailError) as e:

@@ -72,6 +72,15 @@ class FolderProtected(KtmailError):
     default_text = "This folder is needed by the service and cannot be removed or renamed."
 
 
+class MailboxInUse(KtmailError):
+    """Another session holds the mailbox exclusively (POP3's maildrop lock,
+    RFC 1939 §8)."""
+
+    temporary = True
+    default_text = ("The mailbox is open in another POP3 session; "
+                    "try again when that session has ended.")
+
+
 class QuotaExceeded(KtmailError):
     default_text = "The mailbox is full; delete some mail and try again."
 

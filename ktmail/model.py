@@ -141,12 +141,32 @@ class SpamVerdict:
     score: float
     required: float
     hits: tuple = ()
+    #: RFC 8601 Authentication-Results: value when SPF/DKIM/DMARC were checked
+    authentication_results: str = ""
 
     def header_value(self):
         """The value of ``X-Spam-Status:`` (SpamAssassin's layout)."""
         tests = ",".join(h.name for h in self.hits) or "none"
         return (f"{'Yes' if self.is_spam else 'No'}, score={self.score:.1f} "
                 f"required={self.required:.1f} tests={tests}")
+
+    def header_lines(self):
+        """[(name, value)] of the headers a delivery prepends, values folded
+        (CRLF + TAB) to stay near 78 columns (RFC 5322 §2.2.3)."""
+        status = self.header_value()
+        head, _, tests = status.partition(" tests=")
+        folded, line = [], ""
+        for name in tests.split(","):
+            if line and len(line) + len(name) > 60:
+                folded.append(line + ",")
+                line = ""
+            line = f"{line},{name}" if line else name
+        folded.append(line)
+        lines = [("X-Spam-Status", f"{head}\r\n\ttests=" + "\r\n\t".join(folded)),
+                 ("X-Spam-Score", f"{self.score:.1f}")]
+        if self.authentication_results:
+            lines.append(("Authentication-Results", self.authentication_results))
+        return lines
 
 
 #: The verdict used where no filter runs (authenticated local senders).
@@ -403,9 +423,13 @@ class CopyResult:
 class FolderChanges:
     """What changed in a folder after a given modseq: ``changed`` infos
     (new or re-flagged, ascending UID) and ``vanished`` UIDs (RFC 7162
-    QRESYNC), with the status at the time of the answer."""
+    QRESYNC), with the folder's UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ at
+    the time of the answer (no message counts: this is asked often, and
+    counting a big folder is not free)."""
 
-    status: FolderStatus
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
     changed: tuple
     vanished: tuple
 

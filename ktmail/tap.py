@@ -19,19 +19,25 @@ from twisted.python import usage
 
 from ktmail import errors, tls
 from ktmail.config import ConfigError, load_config
+from ktmail.errors import ValidationError
 from ktmail.protocols.imap import IMAPFactory, ImapContext
+from ktmail.protocols.pop3 import POP3Factory
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
-from ktmail.services.delivery import DeliveryService, GtubeSpamFilter
+from ktmail.services.delivery import DeliveryService
 from ktmail.services.dkim import DkimSigner
+from ktmail.services.maildrop import MaildropService
 from ktmail.services.mailboxes import MailboxService
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
+from ktmail.services.retention import InactivityJob, InactivityPolicy, SpamExpiryJob
 from ktmail.services.routing import MXRouter
+from ktmail.services.spam import SpamFilter, check_rule_names
+from ktmail.services.spam.auth import TwistedNamesResolver
 from ktmail.store.dkimkeys import DiskDkimKeyStore
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.queue import DiskQueueStore
-from ktmail.store.sqlite import Database, SQLiteStore, ThreadRunner
+from ktmail.store.sqlite import Database, SQLiteSpamStatsStore, SQLiteStore, ThreadRunner
 from ktmail.web.app import build_root, make_site
 from ktmail.web.sessions import MAILBOX
 
@@ -48,9 +54,13 @@ class Options(usage.Options):
     def postOptions(self):
         try:
             self["loaded"] = load_config(self["config"])
+            check_rule_names(self["loaded"].spam.score_overrides())
         except ConfigError as e:
             # one line per problem, no usage text: the operator needs the key
             sys.stderr.write(e.summary() + "\n")
+            raise SystemExit(1)
+        except ValidationError as e:
+            sys.stderr.write(f"{self['config']}: {e.text}\n")
             raise SystemExit(1)
 
 
@@ -106,16 +116,21 @@ class Core:
     accounts: object
     queue_store: object = None
     dkim_keys: object = None
+    spam_stats: object = None
+    #: services.spam.SpamFilter
+    spam: object = None
     #: services.mailboxes.MailboxService (IMAP, POP3, webmail)
     mailboxes: object = None
     #: services.delivery.DeliveryService (SMTP, outbound DSNs, webmail, lifecycle)
     delivery: object = None
-    #: the SpamFilter seam (services.delivery.GtubeSpamFilter until the filter lands)
-    spam: object = None
+    #: jobs with name / run_once(dry_run): Spam expiry, inactivity
+    retention_jobs: list = attrs.Factory(list)
 
 
-def build_core(config, reactor):
-    """Stores and services, wired; shared by the daemon and ktmail-admin."""
+def build_core(config, reactor, resolver=None):
+    """Stores and services, wired; shared by the daemon and ktmail-admin.
+    ``resolver``: the spam filter's DNS (auth.DNSResolver), None: no
+    SPF/DKIM/DMARC checks (ktmail-admin)."""
     os.makedirs(config.data_dir, exist_ok=True)
     run_in_thread = reactor_thread_runner(reactor)
     db = Database(os.path.join(config.data_dir, "ktmail.db"), ThreadRunner(reactor))
@@ -126,18 +141,27 @@ def build_core(config, reactor):
     auth = AuthService(store, hasher, throttle, reactor)
     accounts = AccountService(store, mail, store, hasher, config.domains, config.limits,
                               reactor)
-    spam = GtubeSpamFilter(run_in_thread, required=config.spam.required_score)
+    spam_stats = SQLiteSpamStatsStore(db)
+    spam = SpamFilter(config.spam, spam_stats, run_in_thread, reactor, resolver=resolver,
+                      hostname=config.hostname)
     mailboxes = MailboxService(mail, spam, config.limits, reactor)
     delivery = DeliveryService(store, mailboxes, spam, config.limits, config.domains, reactor,
                                os.path.join(config.data_dir, "spool"), run_in_thread)
     # sessions of a removed mailbox lose their folders with it
     accounts.removal_hooks.append(mailboxes.close_mailbox)
     accounts.removal_hooks.append(spam.forget_mailbox)
+    retention_jobs = [
+        SpamExpiryJob(store, mailboxes, config.limits, reactor, audit=store),
+        InactivityJob(accounts, delivery.deliver_notice, reactor,
+                      InactivityPolicy(delete_after_days=config.limits.inactive_delete_days),
+                      config.hostname),
+    ]
     return Core(config=config, reactor=reactor, db=db, store=store, mail=mail, hasher=hasher,
-                throttle=throttle, auth=auth, accounts=accounts,
+                throttle=throttle, auth=auth, accounts=accounts, spam_stats=spam_stats,
+                spam=spam, retention_jobs=retention_jobs,
                 queue_store=DiskQueueStore(config.data_dir, run_in_thread),
                 dkim_keys=DiskDkimKeyStore(config.data_dir, run_in_thread),
-                mailboxes=mailboxes, delivery=delivery, spam=spam)
+                mailboxes=mailboxes, delivery=delivery)
 
 
 def _local_delivery_unavailable(recipient, message_file):
@@ -178,9 +202,14 @@ def makeService(options):
     from twisted.internet import reactor
 
     config = options["loaded"]
-    core = build_core(config, reactor)
+    # hosts file + cache + the resolvers of /etc/resolv.conf, on the global reactor
+    resolver = TwistedNamesResolver(dns_client.createResolver())
+    core = build_core(config, reactor, resolver=resolver)
     top = service.MultiService()
     _DatabaseService(core.db).setServiceParent(top)
+    for job in core.retention_jobs:
+        job.service().setServiceParent(top)
+    core.spam.pruning_service().setServiceParent(top)
     tls_context = tls.server_context(config.tls) if config.tls else None
     _MailHousekeeping(core).setServiceParent(top)
     # changes made by ktmail-admin or other Maildir tools reach open sessions
@@ -205,4 +234,9 @@ def makeService(options):
             lambda mailbox: sessions.destroy_account(MAILBOX, mailbox.username))
         internet.TimerService(300, sessions.sweep).setServiceParent(top)
         listen(top, reactor, config, "web", make_site(web, config.limits), tls_context)
+
+    if config.listen.pop3:
+        maildrops = MaildropService(core.mailboxes)
+        listen(top, reactor, config, "pop3",
+               POP3Factory(core.auth, maildrops, reactor, config.hostname), tls_context)
     return top

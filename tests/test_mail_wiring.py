@@ -52,7 +52,10 @@ class MailWiringTests(unittest.TestCase):
         folder.add_listener(session)
         spool = core.delivery.new_spool()
         self.assertTrue(spool.path.startswith(os.path.join(self.config.data_dir, "spool")))
-        spool.write(b"Subject: hello\r\n\r\nHi Anna\r\n")
+        spool.write(b"From: Maija <maija@example.org>\r\nTo: anna@sboksi.fi\r\n"
+                    b"Date: Fri, 27 Nov 2026 10:00:00 +0200\r\n"
+                    b"Message-ID: <1@example.org>\r\nSubject: hello\r\n\r\nHi Anna, see you "
+                    b"at the meeting tomorrow.\r\n")
         await spool.finish()
         result = await core.delivery.deliver(
             Envelope(sender="x@example.org", recipients=(Address.parse("anna@sboksi.fi"),)),

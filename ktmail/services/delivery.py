@@ -29,7 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ktmail import errors
-from ktmail.model import INBOX, SPAM_FOLDER, RuleHit, SpamVerdict
+from ktmail.model import INBOX, SPAM_FOLDER
 from ktmail.services import deferred
 
 log = Logger()
@@ -65,7 +65,8 @@ class Spool:
         #: bytes written so far
         self.size = 0
         self._run = run_in_thread
-        self._file = open(path, "xb", buffering=SPOOL_BUFFER)  # noqa: SIM115 (closed by finish/discard)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file = open(fd, "wb", buffering=SPOOL_BUFFER)  # noqa: SIM115 (closed by finish/discard)
         self.finished = False
         self.discarded = False
 
@@ -111,47 +112,6 @@ class Spool:
             pass
 
 
-# --- the stand-in spam filter --------------------------------------------------------------
-
-#: the Generic Test for Unsolicited Bulk Email (SpamAssassin)
-GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-
-
-def _contains_gtube(path):
-    with open(path, "rb") as f:
-        tail = b""
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            if GTUBE in tail + chunk:
-                return True
-            tail = chunk[-len(GTUBE):]
-    return False
-
-
-@attrs.define
-class GtubeSpamFilter:
-    """The SpamFilter seam (INTERFACES.md, "Spam") until the real filter is
-    wired: the GTUBE string scores 1000 (spam), anything else 0 (ham).
-    ``train`` and ``forget_mailbox`` do nothing."""
-
-    run_in_thread: object
-    required: float = 5.0
-
-    def scan(self, path, envelope, mailbox):
-        def verdict(is_gtube):
-            if is_gtube:
-                return SpamVerdict(is_spam=True, score=1000.0, required=self.required,
-                                   hits=(RuleHit("GTUBE", 1000.0,
-                                                 "Generic Test for Unsolicited Bulk Email"),))
-            return SpamVerdict(is_spam=False, score=0.0, required=self.required)
-        return self.run_in_thread(_contains_gtube, path).addCallback(verdict)
-
-    def train(self, mailbox, path, is_spam):
-        return defer.succeed(None)
-
-    def forget_mailbox(self, mailbox):
-        return defer.succeed(None)
-
-
 # --- header lines --------------------------------------------------------------------------
 
 
@@ -167,12 +127,7 @@ def return_path_line(sender):
 
 def spam_header_lines(verdict):
     """The ``X-Spam-Status:`` and ``X-Spam-Score:`` lines of a verdict."""
-    if hasattr(verdict, "header_lines"):
-        # the spam filter's own layout (folded), when its model provides it
-        lines = verdict.header_lines()
-    else:
-        lines = [("X-Spam-Status", verdict.header_value()),
-                 ("X-Spam-Score", f"{verdict.score:.1f}")]
+    lines = verdict.header_lines()
     return b"".join(f"{name}: {value}\r\n".encode("utf-8", "replace")
                     for name, value in lines)
 
@@ -212,7 +167,7 @@ class DeliveryService:
     _counter: object = attrs.field(factory=itertools.count, init=False)
 
     def __attrs_post_init__(self):
-        os.makedirs(self.spool_dir, exist_ok=True)
+        os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
 
     # --- spools ---
 
@@ -281,7 +236,7 @@ class DeliveryService:
             [defer.Deferred.fromCoroutine(self._deliver_one(envelope, spool, r, scan_spam))
              for r in recipients], consumeErrors=True)
         outcome = {}
-        for recipient, (ok, value) in zip(recipients, results):
+        for recipient, (ok, value) in zip(recipients, results, strict=True):
             if ok:
                 outcome[recipient] = None
             elif value.check(errors.KtmailError):

@@ -27,6 +27,7 @@ numbers; POP3 keeps its RFC 1939 snapshot and ignores them.
 
 import bisect
 import collections
+import operator
 import os
 
 import attrs
@@ -36,10 +37,12 @@ from twisted.python.failure import Failure
 from zope.interface import Interface
 
 from ktmail import errors
-from ktmail.model import INBOX, SPAM_FOLDER, FolderStatus, is_below, normalize_folder_name
+from ktmail.model import SEEN, INBOX, SPAM_FOLDER, FolderStatus, is_below, normalize_folder_name
 from ktmail.services import deferred
 
 log = Logger()
+
+_UID, _FLAGS, _SIZE = (operator.itemgetter(i) for i in (0, 2, 3))  # MessageInfo fields
 
 
 class IFolderListener(Interface):
@@ -112,9 +115,11 @@ class LiveFolder:
         self.highestmodseq = status.highestmodseq
         # the modseq up to which every change is known here
         self._synced_modseq = status.highestmodseq
-        self.uids = [m.uid for m in snapshot.messages]
-        self._infos = {m.uid: m for m in snapshot.messages}
-        self._unclaimed_recent = {m.uid for m in snapshot.messages if m.recent}
+        messages = snapshot.messages
+        # C-level passes (a folder may hold 100,000 messages)
+        self.uids = list(map(_UID, messages))
+        self._infos = dict(zip(self.uids, messages, strict=True))
+        self._unclaimed_recent = {m[0] for m in messages if m[7]}
         self._listeners = []
         self.users = 0
         self.closed = False
@@ -148,7 +153,8 @@ class LiveFolder:
 
     @property
     def unseen(self):
-        return sum(1 for info in self._infos.values() if not info.seen)
+        by_flags = collections.Counter(map(_FLAGS, self._infos.values()))
+        return sum(n for flags, n in by_flags.items() if SEEN not in flags)
 
     def first_unseen_uid(self):
         """UID of the first message without \\Seen (SELECT's [UNSEEN n]), or None."""
@@ -159,7 +165,7 @@ class LiveFolder:
 
     @property
     def size(self):
-        return sum(info.size for info in self._infos.values())
+        return sum(map(_SIZE, self._infos.values()))
 
     @property
     def status(self):
@@ -290,8 +296,7 @@ class LiveFolder:
         except Exception:
             log.failure("refreshing {folder} failed", folder=self)
             return
-        status = changes.status
-        if status.uidvalidity != self.uidvalidity:
+        if changes.uidvalidity != self.uidvalidity:
             # rebuilt or recreated behind our back: UIDs mean something else now
             self._service._close(self)
             return
@@ -300,9 +305,9 @@ class LiveFolder:
         known = [i for i in changes.changed if i.uid in self._infos]
         self._apply_changed(known, None, None)
         self._apply_added(added, None, None)
-        self.uidnext = max(self.uidnext, status.uidnext)
-        self.highestmodseq = max(self.highestmodseq, status.highestmodseq)
-        self._synced_modseq = max(self._synced_modseq, status.highestmodseq)
+        self.uidnext = max(self.uidnext, changes.uidnext)
+        self.highestmodseq = max(self.highestmodseq, changes.highestmodseq)
+        self._synced_modseq = max(self._synced_modseq, changes.highestmodseq)
 
     # --- applying store results (also called by MailboxService) ---
 

@@ -202,7 +202,8 @@ class IMailStore(Interface):
     def changes_since(mailbox_id, name, modseq):
         """Bring the folder in step with the disk (files added or removed by
         other tools, changes by other processes) and report what changed
-        after ``modseq``. -> model.FolderChanges(status, changed, vanished)."""
+        after ``modseq``. -> model.FolderChanges(uidvalidity, uidnext,
+        highestmodseq, changed, vanished)."""
 
     def messages_saved_before(mailbox_id, name, before):
         """-> (MessageInfo, ...) saved into this folder before ``before``
@@ -333,3 +334,31 @@ class IDkimKeyStore(Interface):
 
     def public_record(domain):
         """-> (DNS name, TXT value) to publish; creates the key if missing."""
+
+class ISpamStatsStore(Interface):
+    """What the spam filter's Bayes classifier has learned (migration 003).
+
+    A *scope* is 0 for the statistics of the whole service, or a mailbox id
+    for that mailbox's own. Tokens are signed 64-bit integers (hashes).
+    Invariants kept by every implementation, atomically per call:
+    - a message (``message_key``) counts at most once per scope; learning it
+      again as the same class changes nothing, learning it as the other
+      class moves its counts over (a message moved out of Spam);
+    - counts never go below zero.
+    """
+
+    def load_stats(scopes, tokens):
+        """-> {scope: (nspam, nham, {token: (spam count, ham count)})} for every
+        scope asked, with only the tokens that scope has seen."""
+
+    def learn(scopes, message_key, tokens, is_spam, now=0.0):
+        """Count one message as spam or ham in each scope (``now`` dates the
+        tokens for pruning). -> {scope: "learned" | "relearned" | "already"}."""
+
+    def prune(before):
+        """Drop tokens seen in only one message and 'learned' records, last
+        counted before ``before`` (POSIX seconds), in every scope.
+        -> number of rows dropped."""
+
+    def forget_scope(scope):
+        """Drop everything learned in ``scope`` (a removed mailbox). Idempotent. -> None."""

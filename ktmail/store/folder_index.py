@@ -23,6 +23,7 @@ commit: the caller (store/maildir.py) owns the transaction.
 """
 
 import json
+import os
 import sqlite3
 
 import attrs
@@ -62,6 +63,7 @@ CREATE TABLE messages (
     PRIMARY KEY (folder_id, uid)
 ) WITHOUT ROWID;
 CREATE INDEX messages_modseq ON messages (folder_id, modseq);
+CREATE INDEX messages_subdir ON messages (folder_id, subdir);
 CREATE TABLE message_mime (
     folder_id INTEGER NOT NULL,
     uid INTEGER NOT NULL,
@@ -92,6 +94,8 @@ def connect(path):
     The schema is created inside the same exclusive transaction that checks
     for it, so two processes opening a new index at once cannot both create it.
     """
+    if not os.path.exists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # private, whatever the umask
     conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA busy_timeout=60000")
@@ -127,11 +131,6 @@ def connect(path):
 class IndexUnusable(Exception):
     """The index file exists but cannot be used (corrupt, unknown schema):
     the store rebuilds it from the Maildir."""
-
-
-def data_version(conn):
-    """Changes whenever another connection (any process) commits."""
-    return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
 # --- meta ----------------------------------------------------------------------------
@@ -379,6 +378,12 @@ def infos_from_raw(rows):
     return out
 
 
+def message_filenames(conn, folder_id, subdir):
+    """-> [file name] of the messages of a folder in ``new`` or ``cur``."""
+    return [r[0] for r in conn.execute(
+        "SELECT filename FROM messages WHERE folder_id=? AND subdir=?", (folder_id, subdir))]
+
+
 def message_rows_by_filename(conn, folder_id, filenames):
     """-> [MessageRow] whose file name is one of ``filenames``."""
     found = []
@@ -506,7 +511,7 @@ def cached_mime(conn, folder_id, uids, with_structure=True):
         marks = ",".join("?" * len(chunk))
         for row in conn.execute(f"SELECT uid, {columns} FROM message_mime "
                                 f"WHERE folder_id=? AND uid IN ({marks})", (folder_id, *chunk)):
-            fields = dict(zip(MIME_FIELDS, row[1:1 + len(MIME_FIELDS)]))
+            fields = dict(zip(MIME_FIELDS, row[1:1 + len(MIME_FIELDS)], strict=True))
             structure = json.loads(row[-1]) if with_structure else None
             found[row[0]] = (fields, structure)
     return found

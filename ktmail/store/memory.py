@@ -37,7 +37,8 @@ from ktmail.model import (
     normalize_folder_name,
     parent_names,
 )
-from ktmail.store import IAccountStore, IAuditLog, ICounterStore, IMailStore, IQueueStore
+from ktmail.store import (IAccountStore, IAuditLog, ICounterStore, IMailStore, IQueueStore,
+                          ISpamStatsStore)
 from ktmail.store.maildir import CRLFWriter
 from ktmail.store.message_flags import check_flags
 
@@ -411,7 +412,8 @@ class MemoryMailStore:
     def changes_since(self, mailbox_id, name, modseq):
         folder = self._folder(mailbox_id, name)
         return FolderChanges(
-            status=self._status(folder),
+            uidvalidity=folder.uidvalidity, uidnext=folder.uidnext,
+            highestmodseq=folder.highestmodseq,
             changed=tuple(m.info for m in folder.messages.values() if m.info.modseq > modseq),
             vanished=tuple(sorted(u for u, m in folder.vanished.items() if m > modseq)))
 
@@ -672,3 +674,78 @@ class MemoryQueueStore:
     @_answer
     def recover(self):
         return 0
+@implementer(ISpamStatsStore)
+class MemorySpamStatsStore:
+    """ISpamStatsStore in dicts."""
+
+    def __init__(self):
+        self._totals = {}     # scope -> [nspam, nham]
+        self._tokens = {}     # scope -> {token: [nspam, nham]}
+        self._learned = {}    # (scope, message_key) -> is_spam
+        self._days = {}       # (scope, token or ("learned", key)) -> day last counted
+
+    @_answer
+    def load_stats(self, scopes, tokens):
+        result = {}
+        for scope in scopes:
+            nspam, nham = self._totals.get(scope, (0, 0))
+            seen = self._tokens.get(scope, {})
+            result[scope] = (nspam, nham, {t: tuple(seen[t]) for t in tokens if t in seen})
+        return result
+
+    def _count(self, scope, tokens, index, delta, day=0):
+        totals = self._totals.setdefault(scope, [0, 0])
+        totals[index] = max(totals[index] + delta, 0)
+        seen = self._tokens.setdefault(scope, {})
+        for t in tokens:
+            counts = seen.setdefault(t, [0, 0])
+            counts[index] = max(counts[index] + delta, 0)
+            if delta > 0:
+                self._days[scope, t] = max(self._days.get((scope, t), 0), day)
+            if counts == [0, 0]:
+                del seen[t]
+                self._days.pop((scope, t), None)
+
+    @_answer
+    def learn(self, scopes, message_key, tokens, is_spam, now=0.0):
+        tokens = set(tokens)
+        day = int(now // 86400)
+        outcome = {}
+        for scope in scopes:
+            before = self._learned.get((scope, message_key))
+            if before is not None and before == bool(is_spam):
+                outcome[scope] = "already"
+                continue
+            if before is not None:
+                self._count(scope, tokens, 0 if before else 1, -1)
+            self._count(scope, tokens, 0 if is_spam else 1, +1, day)
+            self._learned[scope, message_key] = bool(is_spam)
+            self._days[scope, ("learned", message_key)] = day
+            outcome[scope] = "relearned" if before is not None else "learned"
+        return outcome
+
+    @_answer
+    def prune(self, before):
+        day = int(before // 86400)
+        dropped = 0
+        for scope, seen in self._tokens.items():
+            for t in [t for t, c in seen.items()
+                      if sum(c) <= 1 and self._days.get((scope, t), 0) < day]:
+                del seen[t]
+                self._days.pop((scope, t), None)
+                dropped += 1
+        for scope, key in [k for k in self._learned
+                           if self._days.get((k[0], ("learned", k[1])), 0) < day]:
+            del self._learned[scope, key]
+            self._days.pop((scope, ("learned", key)), None)
+            dropped += 1
+        return dropped
+
+    @_answer
+    def forget_scope(self, scope):
+        self._totals.pop(scope, None)
+        self._tokens.pop(scope, None)
+        for key in [k for k in self._learned if k[0] == scope]:
+            del self._learned[key]
+        for key in [k for k in self._days if k[0] == scope]:
+            del self._days[key]

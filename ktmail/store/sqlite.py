@@ -1,7 +1,7 @@
 """All SQL of the service database (SQLite, WAL mode).
 
 Owns ``<data_dir>/ktmail.db``: customers, mailboxes, counters, audit log,
-and whatever later migrations add. Invariants:
+the spam filter's Bayes statistics, and whatever later migrations add. Invariants:
 
 - every statement runs inside ``Database.run_interaction`` (one transaction
   per call, ``BEGIN IMMEDIATE`` for writes so that check-then-insert rules
@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from ktmail import errors
 from ktmail.model import Address, Customer, Mailbox
-from ktmail.store import IAccountStore, IAuditLog, ICounterStore
+from ktmail.store import IAccountStore, IAuditLog, ICounterStore, ISpamStatsStore
 
 SCHEMA_PACKAGE = "ktmail.store.schema"
 _MIGRATION_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql\Z")
@@ -447,3 +447,102 @@ class SQLiteStore:
 
     def list_audit(self, limit=100):
         return self._read(list_audit_txn, limit)
+
+
+# --- spam filter statistics (migration 003) ------------------------------------------
+
+# SQLite allows at least 32766 host parameters; stay far below in one statement
+_IN_CHUNK = 500
+
+
+def load_spam_stats_txn(conn, scopes, tokens):
+    tokens = list(tokens)
+    result = {}
+    for scope in scopes:
+        row = conn.execute("SELECT nspam, nham FROM spam_totals WHERE scope=?",
+                           (scope,)).fetchone()
+        nspam, nham = row if row else (0, 0)
+        counts = {}
+        if row:
+            for i in range(0, len(tokens), _IN_CHUNK):
+                chunk = tokens[i:i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for token, s, h in conn.execute(
+                        f"SELECT token, nspam, nham FROM spam_tokens WHERE scope=? "
+                        f"AND token IN ({marks})", (scope, *chunk)):
+                    counts[token] = (s, h)
+        result[scope] = (nspam, nham, counts)
+    return result
+
+
+def _count_txn(conn, scope, tokens, column, delta, day=0):
+    """Add ``delta`` (+1/-1) to ``column`` (nspam/nham) of the scope's tokens and total."""
+    if delta > 0:
+        conn.executemany(
+            f"INSERT INTO spam_tokens (scope, token, {column}, day) VALUES (?, ?, 1, ?) "
+            f"ON CONFLICT (scope, token) DO UPDATE SET {column} = {column} + 1, "
+            f"day = MAX(day, excluded.day)",
+            [(scope, t, day) for t in tokens])
+        conn.execute(
+            f"INSERT INTO spam_totals (scope, {column}) VALUES (?, 1) "
+            f"ON CONFLICT (scope) DO UPDATE SET {column} = {column} + 1", (scope,))
+    else:
+        conn.executemany(
+            f"UPDATE spam_tokens SET {column} = MAX({column} - 1, 0) WHERE scope=? AND token=?",
+            [(scope, t) for t in tokens])
+        conn.execute(f"UPDATE spam_totals SET {column} = MAX({column} - 1, 0) WHERE scope=?",
+                     (scope,))
+        conn.execute("DELETE FROM spam_tokens WHERE scope=? AND nspam=0 AND nham=0", (scope,))
+
+
+def learn_spam_txn(conn, scopes, message_key, tokens, is_spam, now=0.0):
+    tokens = sorted(set(tokens))
+    day = int(now // 86400)
+    outcome = {}
+    for scope in scopes:
+        row = conn.execute("SELECT is_spam FROM spam_learned WHERE scope=? AND message_key=?",
+                           (scope, message_key)).fetchone()
+        if row is not None and bool(row[0]) == bool(is_spam):
+            outcome[scope] = "already"
+            continue
+        if row is not None:
+            _count_txn(conn, scope, tokens, "nspam" if row[0] else "nham", -1)
+        _count_txn(conn, scope, tokens, "nspam" if is_spam else "nham", +1, day)
+        conn.execute("INSERT OR REPLACE INTO spam_learned (scope, message_key, is_spam, day) "
+                     "VALUES (?, ?, ?, ?)", (scope, message_key, int(bool(is_spam)), day))
+        outcome[scope] = "relearned" if row is not None else "learned"
+    return outcome
+
+
+def prune_spam_txn(conn, before):
+    day = int(before // 86400)
+    dropped = conn.execute("DELETE FROM spam_tokens WHERE nspam + nham <= 1 AND day < ?",
+                           (day,)).rowcount
+    return dropped + conn.execute("DELETE FROM spam_learned WHERE day < ?", (day,)).rowcount
+
+
+def forget_spam_scope_txn(conn, scope):
+    for table in ("spam_tokens", "spam_totals", "spam_learned"):
+        conn.execute(f"DELETE FROM {table} WHERE scope=?", (scope,))
+
+
+@implementer(ISpamStatsStore)
+class SQLiteSpamStatsStore:
+    """ISpamStatsStore over one Database."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def load_stats(self, scopes, tokens):
+        return self.db.run_interaction(load_spam_stats_txn, tuple(scopes), tuple(tokens),
+                                       write=False)
+
+    def learn(self, scopes, message_key, tokens, is_spam, now=0.0):
+        return self.db.run_interaction(learn_spam_txn, tuple(scopes), message_key,
+                                       tuple(tokens), bool(is_spam), now)
+
+    def prune(self, before):
+        return self.db.run_interaction(prune_spam_txn, before)
+
+    def forget_scope(self, scope):
+        return self.db.run_interaction(forget_spam_scope_txn, scope)

@@ -11,14 +11,14 @@ from ktmail import errors
 from ktmail.config import DEFAULT_DOMAINS, Limits
 from ktmail.model import NOT_SCANNED, Address
 from ktmail.services import delivery as delivery_module
-from ktmail.services.delivery import GTUBE, DeliveryService, Envelope, GtubeSpamFilter
+from ktmail.services.delivery import DeliveryService, Envelope
 from ktmail.services.mailboxes import MailboxService
 from ktmail.store import maildir
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.memory import MemoryMailStore, MemoryStore
 from ktmail.store.sqlite import InlineRunner
 
-from tests.services.fakes import inline
+from tests.services.fakes import GTUBE, GtubeSpamFilter, inline
 from tests.services.test_mailboxes import Session
 
 START = 1_700_000_000
@@ -83,8 +83,8 @@ class DeliverTests(DeliveryTestCase):
         self.assertEqual(result, {Address.parse("anna@sboksi.fi"): None})
         [data] = self.stored(self.anna)
         self.assertTrue(data.startswith(
-            b"Return-Path: <maija@example.org>\r\nX-Spam-Status: No, score=0.0 required=5.0 "
-            b"tests=none\r\nX-Spam-Score: 0.0\r\nReceived: from mx.example.org"))
+            b"Return-Path: <maija@example.org>\r\nX-Spam-Status: No, score=0.0 required=5.0\r\n"
+            b"\ttests=none\r\nX-Spam-Score: 0.0\r\nReceived: from mx.example.org"))
         self.assertTrue(data.endswith(MESSAGE))
         self.assertEqual(self.stored(self.anna, "Spam"), [])
 
@@ -96,7 +96,7 @@ class DeliverTests(DeliveryTestCase):
         self.assertEqual(list(result.values()), [None])
         self.assertEqual(self.stored(self.anna), [])
         [data] = self.stored(self.anna, "Spam")
-        self.assertIn(b"X-Spam-Status: Yes, score=1000.0 required=5.0 tests=GTUBE\r\n", data)
+        self.assertIn(b"X-Spam-Status: Yes, score=1000.0 required=5.0\r\n\ttests=GTUBE\r\n", data)
 
     def test_unscanned_delivery_has_no_spam_headers(self):
         """Authenticated local mail (scan_spam=False) is not scored."""

@@ -9,8 +9,8 @@ from twisted.trial import unittest
 from ktmail.config import DEFAULT_DOMAINS, Limits
 from ktmail.model import Address, Mailbox
 from ktmail.services.accounts import AccountService
-from ktmail.services.lifecycle import (DAY, InactivityJob, InactivityPolicy,
-                                       PeriodicJobService, inactivity_actions)
+from ktmail.services.retention import (DAY, InactivityJob, InactivityPolicy,
+                                       inactivity_actions)
 from ktmail.store.memory import MemoryStore
 
 from tests.services.fakes import RecordingMailStore, fast_hasher
@@ -133,20 +133,13 @@ class InactivityJobTests(unittest.TestCase):
                          [("delete", "alice_u")])
         self.assertTrue(self.exists())
 
-    def test_periodic_service_runs_on_the_clock(self):
-        """The service runs the job at start and then every interval."""
-        runs = []
-
-        class Job:
-            def run_once(self):
-                runs.append(clock.seconds())
-                return defer.succeed([])
-
-        clock = task.Clock()
-        svc = PeriodicJobService("inactivity", Job(), 3600, clock)
+    def test_timer_service_runs_the_job_on_the_clock(self):
+        """The job's service runs it at start and then every hour, so the
+        mailbox goes on the first run after its day."""
+        svc = self.job.service()
         svc.startService()
-        clock.advance(3600)
-        clock.advance(3600)
-        svc.stopService()
-        clock.advance(3600)
-        self.assertEqual(runs, [0, 3600, 7200])
+        self.addCleanup(svc.stopService)
+        self.clock.advance(self.created + 183 * DAY - 1 - self.clock.seconds())
+        self.assertTrue(self.exists())
+        self.clock.advance(3600)
+        self.assertFalse(self.exists())

@@ -447,7 +447,7 @@ class MaildirIntegrationTests(MailboxServiceTestCase):
         sessions on the next refresh, with the next UID."""
         self.deliver()
         session = Session()
-        folder = self.open(listener=session)
+        self.open(listener=session)
         new = os.path.join(self.store.mailbox_path(self.box.id), "new")
         with open(os.path.join(new, "1.dropped.host"), "wb") as f:
             f.write(b"Subject: dropped\r\n\r\nhi\r\n")

@@ -144,6 +144,41 @@ class LayoutTests(MaildirTestCase):
         self.assertEqual(os.stat(os.path.join(self.root, "new", info.key)).st_nlink, 1)
 
     @deferred
+    async def test_clean_spooled_message_is_linked_not_copied(self):
+        """A spooled APPEND literal that already has CRLF line endings is
+        hard-linked into the Maildir (a 50 MiB message is not written twice);
+        one with bare LFs is copied and repaired."""
+        spool_dir = os.path.join(self.data_dir, "spool")
+        os.makedirs(spool_dir)
+        clean = os.path.join(spool_dir, "clean")
+        with open(clean, "wb") as f:
+            f.write(b"Subject: clean\r\n\r\nbody\r\n")
+        info = await self.add(source=clean)
+        self.assertEqual(os.stat(clean).st_nlink, 2)
+        os.unlink(clean)  # the caller discards its spool; the message stays
+        f = await self.store.open_message(MAILBOX, "INBOX", info.uid)
+        with f:
+            self.assertEqual(f.read(), b"Subject: clean\r\n\r\nbody\r\n")
+        bare = os.path.join(spool_dir, "bare")
+        with open(bare, "wb") as f:
+            f.write(b"Subject: bare\n\nbody\n")
+        info = await self.add(source=bare)
+        self.assertEqual(os.stat(bare).st_nlink, 1)
+        self.assertEqual(info.size, len(b"Subject: bare\r\n\r\nbody\r\n"))
+
+    @deferred
+    async def test_mail_is_private(self):
+        """Mailbox directories are 0700 and message files 0600, whatever the umask."""
+        old_umask = os.umask(0o022)
+        self.addCleanup(os.umask, old_umask)
+        info = await self.add()
+        self.assertEqual(os.stat(self.root).st_mode & 0o777, 0o700)
+        self.assertEqual(os.stat(os.path.join(self.root, "new", info.key)).st_mode & 0o777,
+                         0o600)
+        self.assertEqual(os.stat(os.path.join(self.root, folder_index.INDEX_FILENAME))
+                         .st_mode & 0o777, 0o600)
+
+    @deferred
     async def test_folder_dirs_and_files_are_readable_by_other_tools(self):
         """Every message is a plain file in cur/ or new/ of its folder."""
         await self.store.create_folder(MAILBOX, "Work")
@@ -294,6 +329,42 @@ class ForeignChangeTests(MaildirTestCase):
         changes = await self.store.changes_since(MAILBOX, "INBOX", b.modseq)
         self.assertEqual(changes.vanished, (a.uid,))
         self.assertEqual([m.uid for m in (await self.snapshot()).messages], [b.uid])
+
+    def settle(self):
+        """Let the clock pass the directories' mtimes (they count as settled)."""
+        newest = max(os.stat(os.path.join(self.root, d)).st_mtime for d in ("new", "cur"))
+        self.clock.advance(max(0, newest - self.clock.seconds()) + 3600)
+
+    @deferred
+    async def test_only_the_changed_directory_is_listed(self):
+        """A file dropped into new/ makes the store list new/ only, not a big cur/."""
+        for n in range(3):
+            await self.add(flags=["\\Seen"], source=message(n))
+        self.settle()
+        await self.snapshot()
+        listed = []
+        real_listdir = os.listdir
+        self.patch(maildir.os, "listdir",
+                   lambda path: listed.append(os.path.basename(path)) or real_listdir(path))
+        self.drop_file("new", "1.dropped.host", b"Subject: x\r\n\r\n")
+        snapshot = await self.snapshot()
+        self.assertEqual([m.uid for m in snapshot.messages], [1, 2, 3, 4])
+        self.assertEqual([d for d in listed if d in ("new", "cur")], ["new"])
+
+    @deferred
+    async def test_move_seen_in_one_directory_only_keeps_the_uid(self):
+        """A message another tool moved from cur/ to new/ keeps its UID even if
+        cur/'s mtime did not visibly change (timestamp granularity)."""
+        info = await self.add(flags=["\\Seen"])
+        self.settle()
+        await self.snapshot()
+        cur = os.path.join(self.root, "cur")
+        before = os.stat(cur).st_mtime_ns
+        os.rename(os.path.join(cur, info.key + ":2,S"),
+                  os.path.join(self.root, "new", info.key))
+        os.utime(cur, ns=(before, before))
+        [moved] = (await self.snapshot()).messages
+        self.assertEqual((moved.uid, moved.flags), (info.uid, frozenset()))
 
     @deferred
     async def test_unchanged_folder_is_not_rescanned(self):
