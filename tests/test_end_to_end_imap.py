@@ -350,9 +350,12 @@ sslcacertfile = {d.cert}
 """)
 
         def run():
+            # offlineimap is a Debian Python program: keep our interpreter's
+            # settings (trial -j sets PYTHONPATH) out of its way
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
             result = subprocess.run(["offlineimap", "-c", config, "-o", "-u", "basic"],
                                     capture_output=True, text=True, timeout=300,
-                                    stdin=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, env=env)
             self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
             return result.stdout + result.stderr
         output = run()
