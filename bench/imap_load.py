@@ -32,7 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.e2e import PASSWORD, KtmailDaemon  # noqa: E402  (the repository's harness)
+from tests.e2e import PASSWORD, KtmailDaemon
 
 LITERAL = re.compile(rb"\{(\d+)\}\r\n$")
 
@@ -211,21 +211,25 @@ async def big_message(daemon, pid):
     await client.login("big_u")
     await client.command(b"SELECT Drafts")
     before = rss_kib(pid)
-    with open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")  # reset the peak (VmHWM) to the current RSS
+    reset_peak(pid)
     start = time.perf_counter()
     await client.command(b"APPEND Drafts", data)
     append_time = time.perf_counter() - start
     append_peak = rss_kib(pid, "VmHWM") - before
     before = rss_kib(pid)
-    with open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")
+    reset_peak(pid)
     start = time.perf_counter()
     await client.command(b"UID FETCH * (BODY.PEEK[])")
     fetch_time = time.perf_counter() - start
     fetch_peak = rss_kib(pid, "VmHWM") - before
     await client.close()
     return append_time, append_peak, fetch_time, fetch_peak
+
+
+def reset_peak(pid):
+    """Reset the peak RSS (VmHWM) of ``pid`` to its current RSS (Linux)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
 
 
 def machine():

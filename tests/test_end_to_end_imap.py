@@ -53,7 +53,7 @@ class RawIMAP:
                 raise AssertionError(f"connection closed before {marker!r}")
             self.buffer += chunk
         before, _, self.buffer = self.buffer.partition(marker)
-        rest, sep, self.buffer = self.buffer.partition(b"\r\n")
+        rest, _sep, self.buffer = self.buffer.partition(b"\r\n")
         return before + marker + rest
 
     def append_many(self, folder, messages):
@@ -213,7 +213,7 @@ def run_mbsync(config):
     """mbsync under a pseudo-terminal (it prints its counters only there,
     CLIENT-NOTES) -> (far +new *flags #expunged, near +new *flags #expunged)."""
     result = subprocess.run(["script", "-qec", f"mbsync -c {config} -a", "/dev/null"],
-                            capture_output=True, text=True, timeout=600,
+                            check=False, capture_output=True, text=True, timeout=600,
                             stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise AssertionError(f"mbsync failed ({result.returncode}):\n{result.stdout[-3000:]}")
@@ -246,7 +246,7 @@ class SyncClientTests(DaemonTestCase):
         try:
             for line in m.list()[1]:
                 name = line.rsplit(b' "/" ', 1)[1].decode().strip('"')
-                typ, data = m.status(f'"{name}"', "(MESSAGES)")
+                _typ, data = m.status(f'"{name}"', "(MESSAGES)")
                 counts[name] = int(re.search(rb"MESSAGES (\d+)", data[0]).group(1))
         finally:
             m.logout()
@@ -354,7 +354,7 @@ sslcacertfile = {d.cert}
             # settings (trial -j sets PYTHONPATH) out of its way
             env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
             result = subprocess.run(["offlineimap", "-c", config, "-o", "-u", "basic"],
-                                    capture_output=True, text=True, timeout=300,
+                                    check=False, capture_output=True, text=True, timeout=300,
                                     stdin=subprocess.DEVNULL, env=env)
             self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
             return result.stdout + result.stderr
@@ -403,7 +403,7 @@ class RestartTests(unittest.TestCase):
             s.sendall(b"a CAPABILITY\r\n")
             try:
                 data = s.recv(100)
-            except (ConnectionResetError, socket.timeout):
+            except (TimeoutError, ConnectionResetError):
                 data = b""
             self.assertNotIn(b"* OK", data)
         with ssl.create_default_context(cafile=d.cert).wrap_socket(

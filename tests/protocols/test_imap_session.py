@@ -62,7 +62,7 @@ class GreetingAndLoginTests(unittest.TestCase):
         """RFC 3501 §4.3: user name and password may be literals."""
         c = self.imap.connect()
         pw = PASSWORD.encode()
-        c.command("a LOGIN {%d}" % len(USERNAME),
+        c.command(f"a LOGIN {{{len(USERNAME)}}}",
                   literals=[USERNAME.encode() + b" {%d}\r\n" % len(pw), pw + b"\r\n"]).ok()
 
     def test_throttled_login(self):

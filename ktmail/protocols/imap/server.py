@@ -38,7 +38,7 @@ from zope.interface import implementer
 
 import ktmail
 from ktmail import errors
-from ktmail.model import FLAGS_ADD, INBOX, SEPARATOR, SEEN, normalize_folder_name
+from ktmail.model import FLAGS_ADD, INBOX, SEEN, SEPARATOR, normalize_folder_name
 from ktmail.protocols.imap import fetch, parser, wire
 from ktmail.protocols.imap.mailbox import ImapAccount, keyword_flags, pattern_matcher
 from ktmail.protocols.imap.parser import CommandReader, Literal, ParseError
@@ -610,7 +610,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._current = name
         try:
             d = defer.ensureDeferred(fn(self, tag, *values))
-        except Exception:
+        except Exception:  # noqa: BLE001 - a bad handler call becomes the command's failure
             d = defer.fail()
         d.addErrback(self._failed, tag, name)
         d.addBoth(self._command_done, framed)
@@ -691,7 +691,7 @@ class IMAPServer(imap4.IMAP4Server):
     def _failed(self, failure, tag, name):
         """The one place where errors become responses."""
         if failure.check(_Gone) or self._gone:
-            return None
+            return
         error = failure.value
         if failure.check(ParseError):
             self._answer(tag, b"BAD", wire.text(str(error)))
@@ -703,7 +703,7 @@ class IMAPServer(imap4.IMAP4Server):
                         user=self.mailbox.username if self.mailbox else "-")
             self._answer(tag, b"NO", b"[SERVERBUG] Internal error; the problem was logged. "
                                      b"Try again later.")
-        return None
+        return
 
     @staticmethod
     def _error_code(error, name):
@@ -928,9 +928,8 @@ class IMAPServer(imap4.IMAP4Server):
         except errors.ValidationError:
             return
         current = self.selected.live.name
-        if target == current or current.startswith(target + SEPARATOR):
-            if target != INBOX:
-                self._deselect()
+        if target != INBOX and (target == current or current.startswith(target + SEPARATOR)):
+            self._deselect()
 
     async def do_SUBSCRIBE(self, tag, name):
         await self.account.subscribe(name)
@@ -1371,7 +1370,7 @@ class IMAPServer(imap4.IMAP4Server):
             chunk = await self.context.run_in_thread(_read_at, fileobj, position, size)
             if len(chunk) < size:
                 # the file is shorter than the index says: keep the framing intact
-                log.warn("message file shorter than expected for {user}",
+                log.warning("message file shorter than expected for {user}",
                          user=self.mailbox.username if self.mailbox else "-")
                 chunk += b" " * (size - len(chunk))
             if self._gone:
