@@ -26,6 +26,21 @@ def message(n, folder="INBOX", size=0):
             + b"Date: Fri, 27 Nov 2026 10:00:00 +0200\r\n\r\n" + body)
 
 
+def status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_reset(pid):
+    """Reset the process's peak RSS (VmHWM) to its RSS now -> that RSS (KiB)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+    return status_kib(pid, "VmRSS")
+
+
 class RawIMAP:
     """A blocking TLS connection for what imaplib cannot do (IDLE, LITERAL+
     pipelining)."""
@@ -147,12 +162,20 @@ class ImaplibTests(DaemonTestCase):
         data = message(1, size=50 * 1024 * 1024 - 4096)
         self.assertLess(len(data), 52428800)
         m = self.imap("carol_u")
+        pid = self.daemon.pid
+        before = peak_reset(pid)
         typ, result = m.append("INBOX", None, None, data)
         self.assertEqual(typ, "OK", result)
+        append_growth = status_kib(pid, "VmHWM") - before
         m.select("INBOX", readonly=True)
+        before = peak_reset(pid)
         typ, fetched = m.fetch("1", "(BODY.PEEK[])")
+        fetch_growth = status_kib(pid, "VmHWM") - before
         self.assertEqual(hashlib.sha256(fetched[0][1]).hexdigest(),
                          hashlib.sha256(data).hexdigest())
+        # issue 4: the daemon's resident memory grows by less than 20 MiB
+        self.assertLess(append_growth, 20 * 1024, "APPEND held the message in memory")
+        self.assertLess(fetch_growth, 20 * 1024, "FETCH held the message in memory")
         raw = RawIMAP(self.daemon, "carol_u")
         self.addCleanup(raw.sock.close)
         raw.send(b"t APPEND INBOX {52428801}\r\n")

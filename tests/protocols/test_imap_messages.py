@@ -229,6 +229,28 @@ class FetchTests(unittest.TestCase):
         self.assertEqual(self.body(r, b"BODY[]<1000000>"), big[1000000:1500000])
 
 
+class BackPressureTests(unittest.TestCase):
+    def test_a_large_body_waits_for_the_transport(self):
+        """While the transport is full (it paused its producer) a FETCH of a
+        large body writes no further chunk, so memory stays flat; it goes on
+        when the transport resumes."""
+        imap = IMAPHarness(self)
+        big = b"Subject: big\r\n\r\n" + b"z" * (3 * 1024 * 1024) + b"\r\n"
+        imap.deliver(big)
+        c = imap.connect(login=True)
+        c.select()
+        gate = c.protocol._gate
+        gate.pauseProducing()
+        before = len(c.transport.value())
+        c.send_raw(b"a FETCH 1 (BODY.PEEK[])\r\n")
+        written = len(c.transport.value()) - before
+        self.assertLess(written, 600 * 1024)
+        self.assertNotIn(b"a OK", c.transport.value())
+        gate.resumeProducing()
+        r = c.finish(b"a").ok()
+        self.assertIn(big, r.untagged[0])
+
+
 class ManyMessagesTests(unittest.TestCase):
     def test_fetch_of_many_messages_in_slices(self):
         """FETCH 1:* (UID FLAGS) on 5000 messages writes them in a few large
