@@ -383,9 +383,9 @@ class IMAPServer(imap4.IMAP4Server):
         self._deselect()
         self.state = "logout"
         # a registered producer holds back the TLS close (twisted.protocols.tls)
-        if getattr(self.transport, "producer", True) is not None:
+        if not self._gate.stopped:
+            self._gate.stopProducing()
             self.transport.unregisterProducer()
-        self._gate.stopProducing()
         self.transport.loseConnection()
 
     @property
