@@ -142,6 +142,15 @@ class CommandFramingTests(unittest.TestCase):
         self.assertTrue(c.read_line().startswith(b"* BAD"))
         c.command("c NOOP").ok()
 
+    def test_twisted_leftovers_are_not_commands(self):
+        """Only this server's command tables are reachable: STARTTLS (not on
+        implicit TLS, SPEC §2) and a bare UID are BAD, answered once."""
+        c = self.c
+        r = c.command("a STARTTLS").bad()
+        self.assertEqual(r.untagged, [])
+        c.command("b UID").bad()
+        c.command("c NOOP").ok()
+
     def test_pipelined_commands_run_in_order(self):
         """RFC 3501 §5.5: commands sent together run one after the other, each
         seeing the state the previous one left (SELECT, then FETCH)."""

@@ -27,6 +27,7 @@ Invariants:
 """
 
 import base64
+import inspect
 import io
 import re
 
@@ -622,6 +623,9 @@ class IMAPServer(imap4.IMAP4Server):
     def _lookup(self, name):
         attr = self.state + "_" + name.decode("ascii").replace(" ", "_")
         entry = getattr(self, attr, None)
+        if entry is not None and not (isinstance(entry, tuple)
+                                      and inspect.iscoroutinefunction(entry[0])):
+            entry = None  # only this class's tables, never Twisted's leftovers
         if entry is None:
             known = any(hasattr(self, f"{state}_{name.decode('ascii').replace(' ', '_')}")
                         for state in ("unauth", "auth", "select"))
@@ -754,6 +758,12 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendLine(b'* ID ("name" "ktmail" "version" ' + wire.string(ktmail.__version__)
                       + b")")
         self._ok(tag, b"ID completed")
+
+    # Twisted's tables that are not ours: STARTTLS has no place on implicit
+    # TLS (SPEC §2), UID is dispatched by _run, and a logged-out session
+    # reads no more commands
+    unauth_STARTTLS = auth_STARTTLS = select_STARTTLS = select_UID = None
+    logout_CAPABILITY = logout_LOGOUT = logout_NOOP = None
 
     unauth_CAPABILITY = auth_CAPABILITY = select_CAPABILITY = (do_CAPABILITY,)
     unauth_NOOP = auth_NOOP = select_NOOP = (do_NOOP,)
