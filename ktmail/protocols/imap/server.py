@@ -57,6 +57,8 @@ MAX_COMMAND_BYTES = 1024 * 1024
 MAX_BUFFERED = 256 * 1024
 #: failed logins on one connection before it is closed
 MAX_AUTH_FAILURES = 5
+#: bytes of small FETCH items read into memory at once (then written)
+READ_BUDGET = 2 * 1024 * 1024
 #: a body larger than this is streamed from the file in chunks
 INLINE_BODY = 256 * 1024
 STREAM_CHUNK = 256 * 1024
@@ -1271,29 +1273,42 @@ class IMAPServer(imap4.IMAP4Server):
             if structure_needed:
                 summaries = await live.details([uid for _, uid, _ in batch])
             plans = {}
-            reads = {}
             for seq, uid, info in batch:
                 if structure_needed and uid not in summaries:
                     continue  # expunged meanwhile
-                summary = summaries.get(uid)
-                plans[uid] = plan = self._plan(items, info, summary, uid in selected.recent,
-                                               cache)
-                wanted = [p for p in plan if isinstance(p, _Read)]
-                if wanted:
-                    reads[uid] = wanted
-            data = {}
-            if reads:
-                data = await live.read_messages(list(reads), _range_reader(reads))
+                plans[uid] = self._plan(items, info, summaries.get(uid),
+                                        uid in selected.recent, cache)
+            group, budget = [], 0
             for seq, uid, info in batch:
                 plan = plans.get(uid)
-                if plan is None or (uid in reads and uid not in data):
+                if plan is None:
                     continue
                 if uid in newly_seen and not wants_flags:
-                    plan = plan + [b"FLAGS " + wire.flag_list(info.flags, uid in selected.recent)]
-                await self._write_message(live, seq, uid, plan, data.get(uid))
+                    plan = plan + [b"FLAGS " + wire.flag_list(info.flags,
+                                                              uid in selected.recent)]
+                group.append((seq, uid, plan))
+                budget += sum(p.cost for p in plan if isinstance(p, _Read))
+                if budget >= READ_BUDGET:
+                    await self._write_group(live, group)
+                    group, budget = [], 0
+            if group:
+                await self._write_group(live, group)
             await self._gate.wait()
             if self._gone:
                 raise _Gone()
+
+    async def _write_group(self, live, group):
+        """Read the small items of some messages in one go (at most about
+        READ_BUDGET bytes in memory), then write their responses."""
+        reads = {uid: [p for p in plan if isinstance(p, _Read)] for _, uid, plan in group}
+        reads = {uid: wanted for uid, wanted in reads.items() if wanted}
+        data = {}
+        if reads:
+            data = await live.read_messages(list(reads), _range_reader(reads))
+        for seq, uid, plan in group:
+            if uid in reads and uid not in data:
+                continue  # expunged meanwhile
+            await self._write_message(live, seq, uid, plan, data.get(uid))
 
     def _plan(self, items, info, summary, recent, cache):
         """The response items of one message: bytes, _Read (a small range or
@@ -1417,6 +1432,13 @@ class _Read:
     header: bool = False
     section: object = None
     partial: tuple | None = None
+
+    @property
+    def cost(self):
+        """Bytes this read may hold in memory."""
+        if self.header:
+            return search.MAX_HEADER_READ // 16  # header blocks are small in practice
+        return self.span[1] - self.span[0]
 
     def read(self, fileobj):
         if self.header:
