@@ -107,6 +107,13 @@ class RelayDenied(KtmailError):
     default_text = "Relaying denied: this server accepts mail only for its own domains."
 
 
+class OutboundUnavailable(KtmailError):
+    """Mail for other domains cannot be queued (no outbound queue running)."""
+
+    temporary = True
+    default_text = "Mail to other domains cannot be accepted right now; try again later."
+
+
 class StoreUnavailable(KtmailError):
     temporary = True
     default_text = "The mail store is temporarily unavailable; try again in a few minutes."

@@ -299,7 +299,8 @@ def parse_parameterized(text):
     return value, tuple(params)
 
 
-_RFC2231_SECTION = re.compile(r"(.+?)\*(\d+)?(\*)?\Z")
+# name*0*= / name*0= / name*= (RFC 2231 §3 sections, §4 charset without sections)
+_RFC2231_SECTION = re.compile(r"(.+?)(?:\*(\d+))?(\*)?\Z")
 
 
 def decode_param(params, name):

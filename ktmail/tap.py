@@ -12,9 +12,9 @@ import sys
 import attrs
 from twisted.application import internet, service, strports
 from twisted.internet import defer, threads
+from twisted.logger import Logger
 from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.logger import Logger
 from twisted.python import usage
 
 from ktmail import errors, tls
@@ -22,9 +22,12 @@ from ktmail.config import ConfigError, load_config
 from ktmail.errors import ValidationError
 from ktmail.protocols.imap import IMAPFactory, ImapContext
 from ktmail.protocols.pop3 import POP3Factory
+from ktmail.protocols.reverse_dns import ReverseDNS
+from ktmail.protocols.smtp import InboundSMTPFactory, SubmissionSMTPFactory
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
+from ktmail.services.bounces import AfterDataBounces
 from ktmail.services.delivery import DeliveryService
 from ktmail.services.dkim import DkimSigner
 from ktmail.services.maildrop import MaildropService
@@ -34,13 +37,13 @@ from ktmail.services.retention import InactivityJob, InactivityPolicy, SpamExpir
 from ktmail.services.routing import MXRouter
 from ktmail.services.spam import SpamFilter, check_rule_names
 from ktmail.services.spam.auth import TwistedNamesResolver
+from ktmail.services.submission import SubmissionService
 from ktmail.store.dkimkeys import DiskDkimKeyStore
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.queue import DiskQueueStore
 from ktmail.store.sqlite import Database, SQLiteSpamStatsStore, SQLiteStore, ThreadRunner
 from ktmail.web.app import build_root, make_site
 from ktmail.web.sessions import MAILBOX
-
 
 log = Logger()
 
@@ -198,6 +201,44 @@ def listen(parent, reactor, config, name, factory, tls_context=None):
     return svc
 
 
+def reverse_dns(reactor):
+    """Forward-confirmed reverse DNS for Received: fields, with short
+    timeouts; None when no name server is configured."""
+    try:
+        resolver = dns_client.Resolver(resolv="/etc/resolv.conf", timeout=(2, 3), reactor=reactor)
+    except (ValueError, OSError):
+        return None
+    return ReverseDNS(resolver, reactor)
+
+
+def build_submission(config, core, reactor, outbound):
+    """The submission policy shared by SMTP submission and the webmail."""
+    return SubmissionService(
+        delivery=core.delivery, outbound=outbound, counters=core.store,
+        limits=config.limits, domains=config.domains, hostname=config.hostname,
+        clock=reactor)
+
+
+def listen_smtp(parent, reactor, config, core, tls_context, outbound, submission=None):
+    """The MX (``smtp``, STARTTLS with the configured certificate) and the
+    submission (``submission``, implicit TLS; remote recipients go to the
+    ``outbound`` queue) listeners."""
+    delivery = core.delivery
+    common = dict(hostname=config.hostname, clock=reactor, delivery=delivery,
+                  max_message_bytes=config.limits.max_message_bytes,
+                  reverse_dns=reverse_dns(reactor), postmaster_domain=config.domains[0],
+                  bounces=AfterDataBounces(outbound, delivery, config.hostname, reactor))
+    if config.listen.smtp:
+        listen(parent, reactor, config, "smtp",
+               InboundSMTPFactory(tls_context=tls_context, **common), tls_context)
+    if config.listen.submission:
+        submission = submission or build_submission(config, core, reactor, outbound)
+        # implicit TLS comes from the listener; no STARTTLS inside it
+        listen(parent, reactor, config, "submission",
+               SubmissionSMTPFactory(auth=core.auth, submission=submission, **common),
+               tls_context)
+
+
 def makeService(options):
     from twisted.internet import reactor
 
@@ -215,8 +256,8 @@ def makeService(options):
     # changes made by ktmail-admin or other Maildir tools reach open sessions
     internet.TimerService(5, core.mailboxes.refresh_all).setServiceParent(top)
     # build_outbound(...)[0].enqueue is what submission and webmail hand remote mail to
-    _, outbound_scheduler = build_outbound(core, reactor,
-                                           deliver_local=core.delivery.deliver_local)
+    outbound_queue, outbound_scheduler = build_outbound(
+        core, reactor, deliver_local=core.delivery.deliver_local)
     outbound_scheduler.setServiceParent(top)
 
     if config.listen.imap:
@@ -225,18 +266,30 @@ def makeService(options):
             run_in_thread=reactor_thread_runner(reactor), clock=reactor,
             max_message_bytes=config.limits.max_message_bytes))
         listen(top, reactor, config, "imap", imap, tls_context)
+    submission = build_submission(config, core, reactor, outbound_queue)
     if config.listen.web:
         web = build_root(config, reactor, core.accounts, core.auth, core.mail,
-                         health_checks={"database": core.db.ping})
+                         health_checks={"database": core.db.ping},
+                         mailboxes=core.mailboxes, submission=submission,
+                         delivery=core.delivery, run_in_thread=reactor_thread_runner(reactor),
+                         spam_rules=core.spam.rules)
         sessions = web.web.sessions
         # a removed mailbox's webmail sessions end with it
         core.accounts.removal_hooks.append(
             lambda mailbox: sessions.destroy_account(MAILBOX, mailbox.username))
         internet.TimerService(300, sessions.sweep).setServiceParent(top)
+        # attachments of messages never sent (their sessions are over)
+        uploads = web.webmail.uploads
+        internet.TimerService(3600, lambda: threads.deferToThreadPool(
+            reactor, reactor.getThreadPool(), uploads.sweep, reactor.seconds()).addErrback(
+                lambda f: log.failure("sweeping webmail uploads failed", f))
+        ).setServiceParent(top)
         listen(top, reactor, config, "web", make_site(web, config.limits), tls_context)
 
     if config.listen.pop3:
         maildrops = MaildropService(core.mailboxes)
         listen(top, reactor, config, "pop3",
                POP3Factory(core.auth, maildrops, reactor, config.hostname), tls_context)
+    if config.listen.smtp or config.listen.submission:
+        listen_smtp(top, reactor, config, core, tls_context, outbound_queue, submission)
     return top

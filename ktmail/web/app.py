@@ -34,6 +34,7 @@ from ktmail.web.clientconfig import ClientConfigPages
 from ktmail.web.i18n import LANG_COOKIE, LANGUAGES, Catalogues
 from ktmail.web.sessions import SessionStore
 from ktmail.web.site import GuardedSite
+from ktmail.web.uploads import UploadStore
 from ktmail.web.webmail import UPLOAD_PREFIXES, Webmail
 
 log = Logger()
@@ -195,16 +196,29 @@ class WebRoot:
         return self.app.resource()
 
 
-def build_root(config, clock, accounts, auth, mail, health_checks=None, sessions=None):
-    """Every web surface wired to the services of one daemon."""
+def _inline(fn, *args):
+    return defer.maybeDeferred(fn, *args)
+
+
+def build_root(config, clock, accounts, auth, mail, health_checks=None, sessions=None,
+               mailboxes=None, submission=None, delivery=None, run_in_thread=None,
+               spam_rules=None):
+    """Every web surface wired to the services of one daemon. Without
+    ``mailboxes`` the webmail can only log in; without ``submission`` it
+    cannot send. ``run_in_thread`` runs file reading and sanitising (inline
+    when None, as in tests)."""
     web = guards.WebContext(sessions=sessions or SessionStore(clock),
                             catalogues=Catalogues(), clock=clock)
     settings = ClientSettings.from_config(config)
+    uploads = UploadStore(os.path.join(config.data_dir, "webmail"))
     return WebRoot(
         health_checks=health_checks or {}, web=web,
         portal=AdminPortal(web=web, accounts=accounts, auth=auth, mail=mail,
                            limits=config.limits, domains=config.domains, settings=settings),
-        webmail=Webmail(web=web, auth=auth),
+        webmail=Webmail(web=web, auth=auth, accounts=accounts, mailboxes=mailboxes,
+                        submission=submission, delivery=delivery, uploads=uploads,
+                        limits=config.limits, hostname=config.hostname,
+                        run_in_thread=run_in_thread or _inline, spam_rules=spam_rules),
         clients=ClientConfigPages(web=web, accounts=accounts, settings=settings))
 
 

@@ -185,9 +185,11 @@ def language_switch(_, here):
 
 
 def layout(_, *, title, section, content, here="/", home="/", account=None,
-           logout=None, csrf_token=None, wide=False):
+           logout=None, csrf_token=None, wide=False, sidebar=None, banner=""):
     """The page around ``content``: header with section name, language
-    switch and (when logged in) the account and a log-out button."""
+    switch and (when logged in) the account and a log-out button. With a
+    ``sidebar`` (the webmail's folders) the page is two columns wide, the
+    ``banner`` (e.g. a quota warning) above both."""
     right = [language_switch(_, here)]
     if account and logout and csrf_token:
         right.append(tags.form(method="post", action=logout, class_="logout")(
@@ -206,11 +208,16 @@ def layout(_, *, title, section, content, here="/", home="/", account=None,
         ),
         tags.body(
             tags.a(_("Skip to content"), href="#main", class_="skip"),
-            tags.header(class_="topbar")(tags.div(class_="wrap topbar-inner")(
+            tags.header(class_="topbar")(tags.div(
+                class_="wrap topbar-inner" + (" app-top" if sidebar is not None else ""))(
                 tags.a(href=home, class_="brand")(
                     tags.img(src=f"{STATIC}/icon.svg", alt="", width="28", height="28"),
                     tags.span(section)),
                 tags.div(class_="topbar-right")(*right))),
+            Tag("main")(id="main", class_="wrap app", tabindex="-1")(
+                banner, tags.div(class_="app-grid")(
+                    sidebar, tags.div(class_="app-main")(tags.h1(title), content)))
+            if sidebar is not None else
             Tag("main")(id="main", class_="wrap" + (" wide" if wide else ""))(
                 tags.h1(title), content),
             tags.footer(class_="wrap footer")(

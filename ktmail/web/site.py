@@ -51,8 +51,7 @@ class GuardedRequest(server.Request):
         self._upload = site.is_upload_path(path)
         self._limit = site.upload_limit if self._upload else site.form_limit
         if length is not None and length > self._limit:
-            self._refuse(413, b"Content Too Large",
-                         b"The request is too large for this server.\n")
+            self._refuse(413, b"Content Too Large", self._too_large_text(site))
             return
         if self._upload:
             if site.active_uploads >= site.max_uploads:
@@ -70,10 +69,16 @@ class GuardedRequest(server.Request):
             return
         self._received += len(data)
         if self._limit is not None and self._received > self._limit:
-            self._refuse(413, b"Content Too Large",
-                         b"The request is too large for this server.\n")
+            self._refuse(413, b"Content Too Large", self._too_large_text(self.channel.site))
             return
         super().handleContentChunk(data)
+
+    def _too_large_text(self, site):
+        if self._upload:
+            mb = (site.upload_limit - MiB) // MiB
+            return (f"The attachments are larger than the limit of {mb} MB in total; go back "
+                    f"and choose smaller files.\n").encode()
+        return b"The request is too large for this server.\n"
 
     def requestReceived(self, command, path, version):
         if self._refused:

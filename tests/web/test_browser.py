@@ -151,7 +151,8 @@ class PortalInChromiumTests(unittest.TestCase):
         page.get_by_label("Användarnamn").fill("person1_u")
         page.get_by_label("Lösenord").fill("a new pass phrase")
         page.get_by_role("button", name="Logga in").click()
-        expect(page.get_by_text("Du är inloggad som person1_u")).to_be_visible()
+        expect(page.get_by_role("heading", level=1)).to_have_text("Inkorg")
+        expect(page.get_by_text("person1@sboksi.fi")).to_be_visible()
 
         # the admin's own password
         page.goto("/admin/account/password")

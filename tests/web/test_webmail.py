@@ -2,12 +2,13 @@
 
 from twisted.trial import unittest
 
-from tests.web.support import PW, WebHarness
+from tests.web.mail_support import MailHarness
+from tests.web.support import PW
 
 
 class WebmailLoginTests(unittest.TestCase):
     def setUp(self):
-        self.h = WebHarness(self)
+        self.h = MailHarness(self)
         self.h.customer("kund1001")
         self.alice = self.h.mailbox("alice_u", "alice@brev.fi")
         self.browser = self.h.browser()
@@ -25,8 +26,10 @@ class WebmailLoginTests(unittest.TestCase):
         self.h.clock.advance(3600)
         page = self.browser.login_webmail("alice_u")
         self.assertEqual(page.status, 303)
+        self.assertEqual(page.location, "/webmail/f/INBOX/")
         page = self.browser.follow(page)
-        self.assertIn("Du är inloggad som alice_u", page.text())
+        self.assertIn("alice@brev.fi", page.text())
+        self.assertIn("<h1>Inkorg</h1>", page.body)
         mailbox = self.h.ok(self.h.accounts.get_mailbox("alice_u"))
         self.assertEqual(mailbox.last_login, self.h.clock.seconds())
         self.assertEqual(self.browser.post("/webmail/logout").status, 303)
@@ -47,3 +50,11 @@ class WebmailLoginTests(unittest.TestCase):
             self.browser.login_portal("kund1001", "nope nope")
         page = self.browser.login_webmail("alice_u")
         self.assertEqual(page.status, 429)
+
+    def test_english_pages(self):
+        """With Accept-Language: en (or the switch) the webmail is in English."""
+        browser = self.h.browser(language="en")
+        page = browser.follow(browser.login_webmail("alice_u"))
+        self.assertIn("<h1>Inbox</h1>", page.body)
+        for text in ("Write", "Drafts", "Storage", "Search in Inbox"):
+            self.assertIn(text, page.body)
