@@ -410,8 +410,10 @@ class IMAPServer(imap4.IMAP4Server):
         if self.state == "unauth":
             caps.append(b"AUTH=PLAIN" if self.tls else b"LOGINDISABLED")
             return caps
+        # QUOTA as RFC 2087 (STORAGE); QUOTA=RES-STORAGE (RFC 9208) would
+        # also promise the STATUS DELETED-STORAGE item, not served yet
         return caps + [b"NAMESPACE", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"QUOTA",
-                       b"QUOTA=RES-STORAGE", b"UNSELECT", b"CHILDREN",
+                       b"UNSELECT", b"CHILDREN",
                        b"APPENDLIMIT=%d" % self.context.max_message_bytes]
 
     def listCapabilities(self):
