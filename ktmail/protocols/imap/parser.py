@@ -702,7 +702,7 @@ def list_command(reader):
     return ListCommand(reference, tuple(patterns), frozenset(selection), frozenset(returns))
 
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "APPENDLIMIT")
 
 
 def status_items(reader):

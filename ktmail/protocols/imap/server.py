@@ -1004,11 +1004,12 @@ class IMAPServer(imap4.IMAP4Server):
         self._ok(tag, b"LSUB completed")
 
     async def do_STATUS(self, tag, name, items):
-        """RFC 3501 §6.3.10 (the name is quoted when it must be)."""
+        """RFC 3501 §6.3.10 (the name is quoted when it must be), with the
+        RFC 7889 APPENDLIMIT item."""
         status = await self.account.status(name)
         values = {"MESSAGES": status.messages, "RECENT": status.recent,
                   "UIDNEXT": status.uidnext, "UIDVALIDITY": status.uidvalidity,
-                  "UNSEEN": status.unseen}
+                  "UNSEEN": status.unseen, "APPENDLIMIT": self.context.max_message_bytes}
         self.sendLine(b"* STATUS " + wire.mailbox(status.name) + b" (" + b" ".join(
             b"%s %d" % (item.encode(), values[item]) for item in items) + b")")
         self._ok(tag, b"STATUS completed")
