@@ -71,7 +71,6 @@ QUOTA_ALERT = 0.9
 _TAG = re.compile(rb"([^\x00-\x20\x7f-\xff(){%*\"\\+]+) ")
 _COMMAND = re.compile(rb"[A-Za-z]+")
 _FAST_ITEMS = {"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"}
-_SEEN_LOWER = SEEN.lower()
 
 
 @attrs.frozen
