@@ -288,7 +288,7 @@ def main(argv=None, stdin=None, out=None, err=None):
 
         try:
             core = build_core(config, reactor)
-        except errors.ValidationError as e:
+        except (errors.ValidationError, errors.StoreUnavailable) as e:
             err.write(f"{config.path}: {e.text}\n")
             status[0] = EXIT_REFUSED
             return

@@ -11,6 +11,7 @@ config file's folder. Components receive the part they need (``Limits``,
 import configparser
 import os
 import re
+import urllib.parse
 
 import attrs
 
@@ -97,6 +98,38 @@ class SpamConfig:
 
 
 @attrs.frozen
+class DatabaseConfig:
+    """``[store] database``: the service database (accounts, counters, audit
+    log, spam statistics and, with PostgreSQL, the mail folder indexes)."""
+
+    #: "sqlite" or "postgresql"
+    kind: str
+    #: the SQLite file (absolute path), for kind "sqlite"
+    path: str = ""
+    #: the libpq URL, for kind "postgresql"; it may hold a password, so it is
+    #: never put in a repr or a log line (use ``display()``)
+    url: str = attrs.field(default="", repr=False)
+
+    @property
+    def is_postgresql(self):
+        return self.kind == "postgresql"
+
+    def display(self):
+        """Where the database is, for logs and messages: no password."""
+        return redact_url(self.url) if self.is_postgresql else f"sqlite:{self.path}"
+
+
+def redact_url(url):
+    """``url`` with the password of its user part replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+@attrs.frozen
 class Config:
     path: str
     hostname: str
@@ -108,6 +141,14 @@ class Config:
     relay: RelayConfig
     clients: ClientsConfig
     spam: SpamConfig = SpamConfig()
+    #: None: the SQLite file ``<data_dir>/ktmail.db``
+    database: DatabaseConfig | None = None
+
+    @property
+    def database_config(self):
+        """The ``[store] database`` in effect (the default filled in)."""
+        return self.database or DatabaseConfig(
+            kind="sqlite", path=os.path.join(self.data_dir, "ktmail.db"))
 
     def is_local_domain(self, domain):
         return domain.lower().rstrip(".") in self.domains
@@ -210,6 +251,28 @@ def _smarthost(text):
     return (host, port)
 
 
+def _database(text):
+    """``sqlite:PATH`` or ``postgresql://user:password@host[:port]/dbname[?...]``
+    -> (kind, path or URL). Problems are told without the password."""
+    text = text.strip()
+    if text.startswith("sqlite:"):
+        return ("sqlite", _path(text[len("sqlite:"):]))
+    shown = redact_url(text) if "://" in text else text
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise ValidationError(f"'{shown}' is neither sqlite:PATH nor postgresql://USER@HOST/DB")
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValidationError(f"'{shown}' has a bad host or port") from None
+    if not parts.path.strip("/"):
+        raise ValidationError(f"'{shown}' names no database (postgresql://USER@HOST/DB)")
+    query = urllib.parse.parse_qs(parts.query)
+    if not parts.hostname and "host" not in query:
+        raise ValidationError(f"'{shown}' names no host")
+    return ("postgresql", text)
+
+
 def _path(text):
     if not text.strip():
         raise ValidationError("must not be empty")
@@ -240,6 +303,7 @@ _SCHEMA = {
     "relay": {"smarthost": (_smarthost, "")},
     "clients": {"incoming_host": (_hostname, None), "outgoing_host": (_hostname, None)},
     "spam": {"required_score": (_score, "5.0")},
+    "store": {"database": (_database, None)},
 }
 #: sections whose keys are free-form names, each with one parser
 _OPEN_SECTIONS = {"spam_scores": _score}
@@ -341,6 +405,11 @@ def parse_config(text, path="ktmail.ini"):
     if problems:
         raise ConfigError(path, problems)
 
+    database = None
+    if values.get(("store", "database")) is not None:
+        kind, where = values["store", "database"]
+        database = (DatabaseConfig(kind=kind, path=resolve(where)) if kind == "sqlite"
+                    else DatabaseConfig(kind=kind, url=where))
     hostname = values["ktmail", "hostname"]
     return Config(
         path=os.path.abspath(path),
@@ -356,6 +425,7 @@ def parse_config(text, path="ktmail.ini"):
             outgoing_host=values["clients", "outgoing_host"] or hostname),
         spam=SpamConfig(required_score=values["spam", "required_score"],
                         rule_scores=tuple(sorted(rule_scores))),
+        database=database,
     )
 
 

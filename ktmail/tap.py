@@ -17,11 +17,12 @@ from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from ktmail import errors, tls
+from ktmail import errors, proxy_protocol, tls
 from ktmail.config import ConfigError, load_config
 from ktmail.errors import ValidationError
-from ktmail.protocols.imap import IMAPFactory, ImapContext
+from ktmail.proxy_protocol import ProxyHeaderFactory
 from ktmail.protocols.pop3 import POP3Factory
+from ktmail.protocols.imap import IMAPFactory, ImapContext
 from ktmail.protocols.reverse_dns import ReverseDNS
 from ktmail.protocols.smtp import InboundSMTPFactory, SubmissionSMTPFactory
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
@@ -38,10 +39,12 @@ from ktmail.services.routing import MXRouter
 from ktmail.services.spam import SpamFilter, check_rule_names
 from ktmail.services.spam.auth import TwistedNamesResolver
 from ktmail.services.submission import SubmissionService
+from ktmail.store.database import folder_change_feed, open_stores
 from ktmail.store.dkimkeys import DiskDkimKeyStore
+from ktmail.store.health import StorageProbe, with_timeout
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.queue import DiskQueueStore
-from ktmail.store.sqlite import Database, SQLiteSpamStatsStore, SQLiteStore, ThreadRunner
+from ktmail.store.sqlite import ThreadRunner
 from ktmail.web.app import build_root, make_site
 from ktmail.web.sessions import MAILBOX
 
@@ -128,6 +131,8 @@ class Core:
     delivery: object = None
     #: jobs with name / run_once(dry_run): Spam expiry, inactivity
     retention_jobs: list = attrs.Factory(list)
+    #: store.database.Stores: which database, and what else it carries
+    stores: object = None
 
 
 def build_core(config, reactor, resolver=None):
@@ -136,15 +141,17 @@ def build_core(config, reactor, resolver=None):
     SPF/DKIM/DMARC checks (ktmail-admin)."""
     os.makedirs(config.data_dir, exist_ok=True)
     run_in_thread = reactor_thread_runner(reactor)
-    db = Database(os.path.join(config.data_dir, "ktmail.db"), ThreadRunner(reactor))
-    store = SQLiteStore(db)
-    mail = MaildirStore(config.data_dir, reactor, run_in_thread)
+    # [store] database: SQLite, or PostgreSQL for several nodes (folder indexes too)
+    stores = open_stores(config.database_config, ThreadRunner(reactor))
+    db, store = stores.db, stores.accounts
+    mail = MaildirStore(config.data_dir, reactor, run_in_thread,
+                        index_backend=stores.index_backend)
     hasher = PasswordHasher(run_in_thread)
     throttle = LoginThrottle(store, reactor)
     auth = AuthService(store, hasher, throttle, reactor)
     accounts = AccountService(store, mail, store, hasher, config.domains, config.limits,
                               reactor)
-    spam_stats = SQLiteSpamStatsStore(db)
+    spam_stats = stores.spam_stats
     spam = SpamFilter(config.spam, spam_stats, run_in_thread, reactor, resolver=resolver,
                       hostname=config.hostname)
     mailboxes = MailboxService(mail, spam, config.limits, reactor)
@@ -164,7 +171,7 @@ def build_core(config, reactor, resolver=None):
                 spam=spam, retention_jobs=retention_jobs,
                 queue_store=DiskQueueStore(config.data_dir, run_in_thread),
                 dkim_keys=DiskDkimKeyStore(config.data_dir, run_in_thread),
-                mailboxes=mailboxes, delivery=delivery)
+                mailboxes=mailboxes, delivery=delivery, stores=stores)
 
 
 def _local_delivery_unavailable(recipient, message_file):
@@ -191,14 +198,40 @@ def listen(parent, reactor, config, name, factory, tls_context=None):
     """Start ``factory`` on the ``[listen] name`` endpoint; ``ssl:`` entries
     without their own key get the configured certificate."""
     description = getattr(config.listen, name)
+    # haproxy:... - the PROXY header comes first, before TLS and the protocol
+    description, proxied = proxy_protocol.split_description(description)
     plain = tls.as_plain_endpoint(description)
     if plain is not None:
         factory = TLSMemoryBIOFactory(tls_context, False, factory)
         description = plain
+    if proxied:
+        factory = ProxyHeaderFactory(factory, reactor)
     svc = strports.service(description, factory, reactor=reactor)
     svc.setName(f"listen-{name}")
     svc.setServiceParent(parent)
     return svc
+
+
+def add_folder_change_feed(parent, core, reactor):
+    """With PostgreSQL: changes other nodes make to folders reach this
+    node's live folders (IMAP IDLE, POP3, webmail) at once."""
+    def resync():
+        core.mailboxes.refresh_all().addErrback(
+            lambda f: log.failure("refreshing the live folders failed", f))
+    feed = folder_change_feed(core.stores, reactor, core.mailboxes.folder_changed, resync)
+    if feed is not None:
+        feed.setServiceParent(parent)
+
+
+def health_checks(core, reactor):
+    """``/healthz``: the database answers; the data directory is writable
+    and the Maildir root and queue reachable (each within 5 seconds)."""
+    config = core.config
+    storage = StorageProbe(config.data_dir, (os.path.join(config.data_dir, "mail"),
+                                             os.path.join(config.data_dir, "queue")),
+                           reactor_thread_runner(reactor), reactor)
+    return {"database": with_timeout(core.db.ping, reactor),
+            "storage": storage.check}
 
 
 def reverse_dns(reactor):
@@ -245,9 +278,15 @@ def makeService(options):
     config = options["loaded"]
     # hosts file + cache + the resolvers of /etc/resolv.conf, on the global reactor
     resolver = TwistedNamesResolver(dns_client.createResolver())
-    core = build_core(config, reactor, resolver=resolver)
+    try:
+        core = build_core(config, reactor, resolver=resolver)
+    except (errors.ValidationError, errors.StoreUnavailable) as e:
+        # one line for the operator (the database URL's password is never in it)
+        sys.stderr.write(f"{config.path}: {e.text}\n")
+        raise SystemExit(1)
     top = service.MultiService()
     _DatabaseService(core.db).setServiceParent(top)
+    log.info("service database: {where}", where=config.database_config.display())
     for job in core.retention_jobs:
         job.service().setServiceParent(top)
     core.spam.pruning_service().setServiceParent(top)
@@ -255,6 +294,7 @@ def makeService(options):
     _MailHousekeeping(core).setServiceParent(top)
     # changes made by ktmail-admin or other Maildir tools reach open sessions
     internet.TimerService(5, core.mailboxes.refresh_all).setServiceParent(top)
+    add_folder_change_feed(top, core, reactor)
     # build_outbound(...)[0].enqueue is what submission and webmail hand remote mail to
     outbound_queue, outbound_scheduler = build_outbound(
         core, reactor, deliver_local=core.delivery.deliver_local)
@@ -269,7 +309,7 @@ def makeService(options):
     submission = build_submission(config, core, reactor, outbound_queue)
     if config.listen.web:
         web = build_root(config, reactor, core.accounts, core.auth, core.mail,
-                         health_checks={"database": core.db.ping},
+                         health_checks=health_checks(core, reactor),
                          mailboxes=core.mailboxes, submission=submission,
                          delivery=core.delivery, run_in_thread=reactor_thread_runner(reactor),
                          spam_rules=core.spam.rules)

@@ -162,3 +162,60 @@ class ConfigTests(unittest.TestCase):
         problems = self.problems("hostname = x\n")
         self.assertEqual(len(problems), 1)
         self.assertIn("not a valid ini file", problems[0])
+
+
+PLAIN = "[ktmail]\nhostname = h.fi\n[listen]\nsmtp =\nsubmission =\nimap =\npop3 =\nweb =\n"
+
+
+class DatabaseConfigTests(unittest.TestCase):
+    """[store] database: one key chooses SQLite (the default) or PostgreSQL."""
+
+    def test_default_is_the_sqlite_file_in_data_dir(self):
+        """Without [store], the database is <data_dir>/ktmail.db, as always."""
+        config = parse_config(PLAIN, "/etc/ktmail/ktmail.ini")
+        self.assertIsNone(config.database)
+        self.assertEqual(config.database_config.kind, "sqlite")
+        self.assertEqual(config.database_config.path, "/etc/ktmail/var/ktmail.db")
+
+    def test_sqlite_path_is_relative_to_the_config_file(self):
+        """sqlite:PATH names the file, relative to the config file's folder."""
+        config = parse_config(PLAIN + "[store]\ndatabase = sqlite:db/accounts.db\n",
+                              "/etc/ktmail/ktmail.ini")
+        self.assertEqual(config.database_config.kind, "sqlite")
+        self.assertEqual(config.database_config.path, "/etc/ktmail/db/accounts.db")
+        self.assertFalse(config.database_config.is_postgresql)
+
+    def test_postgresql_url_is_kept_and_never_shown_with_its_password(self):
+        """A postgresql:// URL is used as given; its repr and display() hide
+        the password."""
+        url = "postgresql://ktmail:s3cret@db.ktnet.fi:5433/ktmail?sslmode=require"
+        config = parse_config(PLAIN + f"[store]\ndatabase = {url}\n")
+        database = config.database_config
+        self.assertTrue(database.is_postgresql)
+        self.assertEqual(database.url, url)
+        self.assertEqual(database.display(),
+                         "postgresql://ktmail:***@db.ktnet.fi:5433/ktmail?sslmode=require")
+        self.assertNotIn("s3cret", repr(config))
+        self.assertNotIn("s3cret", repr(database))
+
+    def test_bad_database_values_are_named_without_the_password(self):
+        """A URL without a database or host, a bad port, or an unknown scheme
+        is one problem line for store.database, with the password masked."""
+        for value, expected in (
+                ("postgresql://u:pw1@db.fi/", "names no database"),
+                ("postgresql://u:pw1@db.fi:99x/k", "bad host or port"),
+                ("postgresql://u:pw1@/k", "names no host"),
+                ("mysql://u:pw1@db.fi/k", "neither sqlite:PATH nor postgresql://"),
+                ("sqlite:", "must not be empty")):
+            with self.assertRaises(ConfigError) as ctx:
+                parse_config(PLAIN + f"[store]\ndatabase = {value}\n")
+            (problem,) = ctx.exception.problems
+            self.assertTrue(problem.startswith("store.database: "), problem)
+            self.assertIn(expected, problem)
+            self.assertNotIn("pw1", problem)
+
+    def test_unix_socket_host_in_the_query_is_accepted(self):
+        """postgresql:///ktmail?host=/run/postgresql (a local socket) is valid."""
+        config = parse_config(
+            PLAIN + "[store]\ndatabase = postgresql:///ktmail?host=/run/postgresql\n")
+        self.assertTrue(config.database_config.is_postgresql)

@@ -55,7 +55,7 @@ class DaemonStartTests(unittest.TestCase):
                     self.fail(f"daemon did not serve /healthz:\n{log.read()}")
                 time.sleep(0.2)
         self.assertEqual(status, 200)
-        self.assertEqual(body, {"status": "ok", "checks": {"database": "ok"}})
+        self.assertEqual(body, {"status": "ok", "checks": {"database": "ok", "storage": "ok"}})
         self.assertTrue(os.path.exists(os.path.join(self.root, "var", "ktmail.db")))
 
     def test_bad_config_stops_startup_with_one_line_per_problem(self):

@@ -24,7 +24,8 @@ FORBIDDEN = {
     "ktmail.store": ["ktmail.services", "ktmail.protocols", "ktmail.web", "ktmail.cli",
                      "ktmail.tap"],
     "ktmail.services": ["ktmail.store.sqlite", "ktmail.store.maildir", "ktmail.store.memory",
-                        "ktmail.store.postgres", "ktmail.protocols", "ktmail.web",
+                        "ktmail.store.postgres", "ktmail.store.postgresql",
+                        "ktmail.store.folder_index_pg", "ktmail.protocols", "ktmail.web",
                         "ktmail.cli", "ktmail.tap"],
     "ktmail.protocols": ["ktmail.store.", "ktmail.web", "ktmail.cli", "ktmail.tap"],
     "ktmail.web": ["ktmail.store.", "ktmail.protocols", "ktmail.cli", "ktmail.tap"],
@@ -32,9 +33,10 @@ FORBIDDEN = {
 }
 # third-party modules a layer must not use
 FORBIDDEN_LIBRARIES = {
-    "ktmail.services": ["twisted.mail", "twisted.web", "klein", "sqlite3"],
-    "ktmail.protocols": ["sqlite3"],
-    "ktmail.web": ["sqlite3", "twisted.mail"],
+    "ktmail.services": ["twisted.mail", "twisted.web", "klein", "sqlite3", "psycopg"],
+    "ktmail.protocols": ["sqlite3", "psycopg"],
+    "ktmail.web": ["sqlite3", "twisted.mail", "psycopg"],
+    "ktmail.cli": ["psycopg"],
     "ktmail.model": ["twisted"],
     "ktmail.mime": ["twisted", "sqlite3"],
 }

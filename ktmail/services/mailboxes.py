@@ -125,6 +125,8 @@ class LiveFolder:
         self.closed = False
         self._refresh_waiters = None
         self._catching_up = False
+        # a look at the store is due after the one under way (changed_elsewhere)
+        self._look_again = False
 
     def __repr__(self):
         return f"<LiveFolder {self.mailbox.username}:{self.name} {len(self.uids)} messages>"
@@ -279,6 +281,26 @@ class LiveFolder:
                 w.callback(None)
         defer.Deferred.fromCoroutine(self._refresh()).addBoth(done)
         return waiter
+
+    def changed_elsewhere(self):
+        """Another process or node committed a change to this folder just
+        now (a store notification): make sure a look at the store starts
+        after this call, so that the change reaches the listeners at once.
+        A look already under way may have started before the change: then
+        one more follows it."""
+        if self.closed:
+            return
+        if self._refresh_waiters is None:
+            self.refresh()
+        elif not self._look_again:
+            self._look_again = True
+            after_current = defer.Deferred()
+            self._refresh_waiters.append(after_current)
+
+            def again(_):
+                self._look_again = False
+                self.refresh()
+            after_current.addCallback(again)
 
     async def _refresh(self):
         try:
@@ -517,6 +539,14 @@ class MailboxService:
         for folder in list(self._live.values()):
             if folder.listeners and not folder.closed:
                 await folder.refresh()
+
+    def folder_changed(self, mailbox_id, name):
+        """A folder was changed by another node or process (the store's
+        change notifications, e.g. PostgreSQL NOTIFY): its live folder here,
+        if one is loaded, catches up at once and tells its listeners."""
+        folder = self._live.get((int(mailbox_id), name))
+        if folder is not None:
+            folder.changed_elsewhere()
 
     def close_mailbox(self, mailbox):
         """Forget every live folder of a removed mailbox, telling listeners

@@ -167,6 +167,11 @@ def work_due_at(entry):
 
 # --- the queue -------------------------------------------------------------------
 
+#: what ``attempt`` returns when another process holds the entry
+BUSY = "busy"
+#: seconds before an entry another process was delivering is looked at again
+BUSY_RETRY_SECONDS = 60.0
+
 
 class OutboundQueue:
     """``enqueue`` messages; ``attempt`` one delivery round on an entry.
@@ -250,7 +255,23 @@ class OutboundQueue:
     async def attempt(self, entry_id):
         """Try every due recipient of the entry once, record the outcomes,
         report failures, remove the entry when nothing is left to do.
-        -> the entry afterwards, or None when it is gone."""
+        -> the entry afterwards, None when it is gone, or BUSY when another
+        process (another node sharing the queue) is delivering it now.
+
+        The round holds the store's claim on the entry throughout, and reads
+        the entry only once it holds it, so no recipient is sent twice."""
+        try:
+            claim = await self.store.claim(entry_id)
+        except errors.NotFound:
+            return None
+        if claim is None:
+            return BUSY
+        try:
+            return await self._attempt_claimed(entry_id)
+        finally:
+            await claim.release()
+
+    async def _attempt_claimed(self, entry_id):
         try:
             entry = await self.store.get(entry_id)
         except errors.NotFound:
@@ -590,7 +611,10 @@ class OutboundScheduler(service.Service):
 
         def done(entry):
             del self._active[entry_id]
-            if entry is not None:
+            if entry is BUSY:
+                # another node's round; look again later (it may have died)
+                self._due[entry_id] = self.clock.seconds() + BUSY_RETRY_SECONDS
+            elif entry is not None:
                 self._due[entry_id] = work_due_at(entry)
             self._wake()
 

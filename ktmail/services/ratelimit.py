@@ -2,12 +2,12 @@
 
 ``check`` is a pure decision over a list of timestamped events;
 ``SlidingWindowLimiter`` is the thin shell that reads and records events in
-an ``ICounterStore`` and serialises decisions per key, so that two
-concurrent requests cannot both take the last slot.
+an ``ICounterStore``, whose ``take_event`` decides and records atomically,
+so that two concurrent requests (on one node or several) cannot both take
+the last slot.
 """
 
 import attrs
-from twisted.internet import defer
 
 from ktmail.services import deferred
 
@@ -60,10 +60,6 @@ class SlidingWindowLimiter:
 
     counters: object  # ICounterStore
     window: Window
-    _locks: dict = attrs.field(factory=dict, init=False)
-
-    def _lock(self, key):
-        return self._locks.setdefault(key, defer.DeferredLock())
 
     @deferred
     async def peek(self, key, now, wanted=1):
@@ -73,18 +69,19 @@ class SlidingWindowLimiter:
 
     @deferred
     async def take(self, key, now, wanted=1):
-        """Record ``wanted`` events if they fit; -> the Decision either way."""
-        lock = self._lock(key)
-        await lock.acquire()
-        try:
-            decision = await self.peek(key, now, wanted)
-            if decision.allowed:
-                await self.counters.add_event(key, now, wanted)
-            return decision
-        finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._locks.pop(key, None)
+        """Record ``wanted`` events if they fit; -> the Decision either way.
+
+        The store decides and records in one atomic step
+        (``ICounterStore.take_event``), so two requests never share the last
+        slot, whether they come to this process or to another node sharing
+        the store."""
+        window = self.window
+        taken, events = await self.counters.take_event(key, now, wanted, window.seconds,
+                                                       window.limit)
+        decision = check(events, now, window, wanted)
+        if decision.allowed != taken:  # the same rule on both sides; never expected
+            raise AssertionError(f"store and limiter disagree on {key!r}")
+        return decision
 
     @deferred
     async def record(self, key, now, count=1):

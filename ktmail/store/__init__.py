@@ -97,6 +97,13 @@ class ICounterStore(Interface):
     def events_since(key, since):
         """-> [(time, count)] for ``key`` at or after ``since``, oldest first."""
 
+    def take_event(key, now, count, window, limit):
+        """Atomically: if the events of ``key`` later than ``now - window``
+        plus ``count`` stay within ``limit``, record ``count`` events at
+        ``now``. -> (recorded, [(time, count)] of those events before this
+        one, oldest first). Two takes racing for the last slot never both
+        get it, also from two processes or two nodes sharing the store."""
+
     def clear_events(key):
         """Forget every event of ``key``. -> None."""
 
@@ -324,6 +331,13 @@ class IQueueStore(Interface):
     def recover():
         """Clean up after a crash: drop half-written files. Called once at
         start-up, before the first ``list_entries``. -> number cleaned."""
+
+    def claim(entry_id):
+        """Take the entry for one delivery round, exclusively among every
+        process sharing the queue (several nodes on one shared directory):
+        -> a claim with ``release() -> Deferred``, or None when another
+        process holds it now. A claim ends with its process, also when the
+        process dies, so a crashed node's entries are taken over."""
 
 
 class IDkimKeyStore(Interface):

@@ -20,17 +20,30 @@ insert or delete of a message row, so they are exact; UIDNEXT and
 HIGHESTMODSEQ only grow; a UID is never handed out twice in a folder with
 the same UIDVALIDITY. Functions here never touch message files and never
 commit: the caller (store/maildir.py) owns the transaction.
+
+``SQLiteFolderIndex`` is how the Maildir store holds one mailbox's index:
+the file, its connection and the ``flock`` that serialises processes.
+store/folder_index_pg.py offers the same functions and handle over
+PostgreSQL, for nodes that share the Maildirs on a network file system.
 """
 
+import fcntl
 import json
 import os
+import secrets
 import sqlite3
+import sys
+from contextlib import contextmanager
 
 import attrs
+from twisted.logger import Logger
 
 from ktmail.model import MessageInfo
 
+log = Logger()
+
 INDEX_FILENAME = "ktmail-index.sqlite"
+LOCK_FILENAME = "ktmail-index.lock"
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -131,6 +144,111 @@ def connect(path):
 class IndexUnusable(Exception):
     """The index file exists but cannot be used (corrupt, unknown schema):
     the store rebuilds it from the Maildir."""
+
+
+# what SQLiteFolderIndex.open() (and its PostgreSQL twin) found
+SAME = "same"        # the connection open before is still the index
+OPENED = "opened"    # (re)opened: whatever was cached about it is stale
+CREATED = "created"  # a new, empty index: fill it from the Maildir
+
+
+class SQLiteFolderIndex:
+    """The index of one mailbox: ``<mailbox>/ktmail-index.sqlite``, guarded
+    by ``flock`` on ``<mailbox>/ktmail-index.lock`` so that the daemon and
+    ``ktmail-admin`` never interleave.
+
+    The handle store/maildir.py holds per mailbox (its PostgreSQL twin is
+    folder_index_pg.PostgresFolderIndex): ``lock()``, then ``open()``, then
+    the ``functions`` of this module on ``conn``, writes inside
+    ``transaction()``, then ``unlock()``; ``close()`` drops the connection;
+    ``forget()`` drops the index of a removed mailbox. Not thread-safe:
+    the Maildir store calls it under its per-mailbox thread lock.
+    """
+
+    #: the index functions (this module) the Maildir store calls with ``conn``
+    functions = sys.modules[__name__]
+
+    def __init__(self, mailbox_path):
+        self.path = mailbox_path
+        self.conn = None
+        self._ino = None
+        self._lock_fd = None
+
+    @property
+    def index_path(self):
+        return os.path.join(self.path, INDEX_FILENAME)
+
+    def lock(self):
+        """Wait for the mailbox's lock. FileNotFoundError if the mailbox
+        directory is gone."""
+        fd = os.open(os.path.join(self.path, LOCK_FILENAME), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
+    def unlock(self):
+        if self._lock_fd is not None:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def open(self):
+        """Under the lock: open the index, or notice it was replaced or lost.
+        -> SAME, OPENED or CREATED."""
+        try:
+            ino = os.stat(self.index_path).st_ino
+        except FileNotFoundError:
+            ino = None
+        if self.conn is not None and ino == self._ino:
+            return SAME
+        self.close()
+        if ino is None:
+            log.warn("mail index of {path} is missing: rebuilding it from the Maildir",
+                     path=self.path)
+        try:
+            conn, created = connect(self.index_path)
+        except (sqlite3.DatabaseError, IndexUnusable) as e:
+            log.warn("mail index of {path} is unusable ({error}): rebuilding it",
+                     path=self.path, error=str(e))
+            self._set_aside()
+            conn, created = connect(self.index_path)
+        self.conn = conn
+        self._ino = os.stat(self.index_path).st_ino
+        return CREATED if created else OPENED
+
+    def _set_aside(self):
+        stamp = secrets.token_hex(4)
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.rename(self.index_path + suffix, f"{self.index_path}.unusable-{stamp}{suffix}")
+            except FileNotFoundError:
+                pass
+
+    @contextmanager
+    def transaction(self):
+        """One write transaction (``BEGIN IMMEDIATE``): committed at the end,
+        rolled back on an exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+            self._ino = None
+
+    def forget(self):
+        """The mailbox is being removed: the index file goes with its directory."""
 
 
 # --- meta ----------------------------------------------------------------------------

@@ -24,7 +24,10 @@ Invariants:
   fsynced and the index row committed (synchronous=FULL);
 - every operation on one mailbox holds its lock (a thread lock plus
   ``flock`` on ``ktmail-index.lock``, so ``ktmail-admin`` and the daemon
-  never interleave) and runs on a worker thread, never on the reactor;
+  never interleave; with the index in PostgreSQL instead, for nodes that
+  share the Maildirs, an advisory lock on the mailbox: see the index
+  handles in store/folder_index.py and store/folder_index_pg.py) and runs
+  on a worker thread, never on the reactor;
   operations on one mailbox fire in the order they took effect;
 - the index follows the disk: on a folder's first use in this process, and
   whenever the recorded mtime of ``new/`` or ``cur/`` differs, the folder
@@ -37,7 +40,6 @@ Invariants:
 
 import collections
 import errno
-import fcntl
 import operator
 import itertools
 import os
@@ -45,7 +47,6 @@ import re
 import secrets
 import shutil
 import socket
-import sqlite3
 import stat
 import threading
 from contextlib import contextmanager
@@ -83,7 +84,7 @@ from ktmail.store.message_flags import check_flags
 
 log = Logger()
 
-LOCK_FILENAME = "ktmail-index.lock"
+LOCK_FILENAME = index.LOCK_FILENAME
 UIDVALIDITY_FILENAME = "ktmail-uidvalidity"
 DELETED_PREFIX = "ktmail-deleted."
 #: Maildir rule: a file in tmp/ untouched for 36 hours is garbage
@@ -288,15 +289,19 @@ class MaildirMailbox:
     expected failures.
     """
 
-    def __init__(self, path, clock, names):
+    def __init__(self, path, clock, names, index_handle=None):
         self.path = path
         self._clock = clock
         self._names = names
         self._thread_lock = threading.RLock()
         self._depth = 0
-        self._lock_fd = None
+        #: the index handle: folder_index.SQLiteFolderIndex (a file in the
+        #: mailbox) or folder_index_pg.PostgresFolderIndex (rows in PostgreSQL)
+        self.index = (index_handle if index_handle is not None
+                      else index.SQLiteFolderIndex(path))
+        #: the index functions the handle goes with, called with ``_conn``
+        self._sql = self.index.functions
         self._conn = None
-        self._index_ino = None
         # folder ids (with their uidvalidity) scanned since this process opened
         # the index; a folder not in here is rescanned on its next use
         self._scanned = set()
@@ -321,13 +326,7 @@ class MaildirMailbox:
         if not os.path.isdir(self.path):
             self.close()
             raise errors.NoSuchMailbox()
-        fd = os.open(os.path.join(self.path, LOCK_FILENAME), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._lock_fd = fd
+        self.index.lock()
         try:
             self._check_index()
         except BaseException:
@@ -335,76 +334,42 @@ class MaildirMailbox:
             raise
 
     def _release(self):
-        if self._lock_fd is not None:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+        self.index.unlock()
 
     def close(self):
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-            self._index_ino = None
-            self._scanned.clear()
-            self._root_scanned = False
-
-    @property
-    def index_path(self):
-        return os.path.join(self.path, index.INDEX_FILENAME)
+        self.index.close()
+        self._conn = None
+        self._scanned.clear()
+        self._root_scanned = False
 
     def _check_index(self):
         """Open the index, or notice it was replaced or lost (and rebuild)."""
-        try:
-            ino = os.stat(self.index_path).st_ino
-        except FileNotFoundError:
-            ino = None
-        if self._conn is not None and ino == self._index_ino:
+        state = self.index.open()
+        if state == index.SAME:
             return
-        self.close()
-        if ino is None:
-            log.warn("mail index of {path} is missing: rebuilding it from the Maildir",
-                     path=self.path)
-        try:
-            conn, created = index.connect(self.index_path)
-        except (sqlite3.DatabaseError, index.IndexUnusable) as e:
-            log.warn("mail index of {path} is unusable ({error}): rebuilding it",
-                     path=self.path, error=str(e))
-            self._set_aside_index()
-            conn, created = index.connect(self.index_path)
-        self._conn = conn
-        self._index_ino = os.stat(self.index_path).st_ino
-        if created:
+        self._scanned.clear()
+        self._root_scanned = False
+        self._conn = self.index.conn
+        if state == index.CREATED:
             self._rebuild()
-
-    def _set_aside_index(self):
-        stamp = secrets.token_hex(4)
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                os.rename(self.index_path + suffix, f"{self.index_path}.unusable-{stamp}{suffix}")
-            except FileNotFoundError:
-                pass
 
     @contextmanager
     def _transaction(self):
-        self._conn.execute("BEGIN IMMEDIATE")
         try:
-            yield self._conn
+            with self.index.transaction() as conn:
+                yield conn
         except BaseException:
-            self._conn.execute("ROLLBACK")
             # the disk may now be ahead of the index: look again next time
             self._scanned.clear()
             self._root_scanned = False
             raise
-        self._conn.execute("COMMIT")
 
     # --- UIDVALIDITY ---
 
     def _new_uidvalidity(self, conn):
         """A value above every one handed out in this mailbox, also across an
         index loss (kept in ktmail-uidvalidity too), and at least the time."""
-        last = index.get_meta(conn, "last_uidvalidity", 0)
+        last = self._sql.get_meta(conn, "last_uidvalidity", 0)
         try:
             with open(os.path.join(self.path, UIDVALIDITY_FILENAME)) as f:
                 last = max(last, int(f.read().strip() or 0))
@@ -415,7 +380,7 @@ class MaildirMailbox:
         with open(tmp, "w") as f:
             f.write(f"{value}\n")
         os.rename(tmp, os.path.join(self.path, UIDVALIDITY_FILENAME))
-        index.set_meta(conn, "last_uidvalidity", value)
+        self._sql.set_meta(conn, "last_uidvalidity", value)
         return value
 
     # --- folder directories ---
@@ -436,16 +401,16 @@ class MaildirMailbox:
         """Fill a new, empty index from what is on disk."""
         with self._transaction() as conn:
             self._make_folder_dirs("")
-            index.insert_folder(conn, INBOX, "", self._new_uidvalidity(conn))
-            index.set_subscribed(conn, INBOX, True)
+            self._sql.insert_folder(conn, INBOX, "", self._new_uidvalidity(conn))
+            self._sql.set_subscribed(conn, INBOX, True)
             for entry in sorted(os.listdir(self.path)):
                 name = folder_name_from_dirname(entry)
-                if name and self._is_maildir(entry) and index.folder_row(conn, name) is None:
-                    index.insert_folder(conn, name, entry, self._new_uidvalidity(conn))
-                    index.set_subscribed(conn, name, True)
-            index.set_meta(conn, "root_mtime_ns", None)
+                if name and self._is_maildir(entry) and self._sql.folder_row(conn, name) is None:
+                    self._sql.insert_folder(conn, name, entry, self._new_uidvalidity(conn))
+                    self._sql.set_subscribed(conn, name, True)
+            self._sql.set_meta(conn, "root_mtime_ns", None)
         self._root_scanned = True
-        for row in index.folder_rows(self._conn):
+        for row in self._sql.folder_rows(self._conn):
             self._sync_folder(row, force=True)
 
     def _is_maildir(self, dirname):
@@ -459,11 +424,11 @@ class MaildirMailbox:
         except FileNotFoundError:
             raise errors.NoSuchMailbox() from None
         conn = self._conn
-        if self._root_scanned and not force and index.get_meta(conn, "root_mtime_ns") == mtime:
+        if self._root_scanned and not force and self._sql.get_meta(conn, "root_mtime_ns") == mtime:
             return
         entries = set(os.listdir(self.path))
         with self._transaction() as conn:
-            rows = index.folder_rows(conn)
+            rows = self._sql.folder_rows(conn)
             known = {r.dirname for r in rows}
             for row in rows:
                 if row.dirname == "":
@@ -471,29 +436,29 @@ class MaildirMailbox:
                 if row.dirname not in entries or not self._is_maildir(row.dirname):
                     log.info("folder {name} of {path} is gone from the disk",
                              name=row.name, path=self.path)
-                    index.delete_folder(conn, row.id)
+                    self._sql.delete_folder(conn, row.id)
             for entry in sorted(entries - known):
                 name = folder_name_from_dirname(entry)
-                if name and self._is_maildir(entry) and index.folder_row(conn, name) is None:
-                    index.insert_folder(conn, name, entry, self._new_uidvalidity(conn))
+                if name and self._is_maildir(entry) and self._sql.folder_row(conn, name) is None:
+                    self._sql.insert_folder(conn, name, entry, self._new_uidvalidity(conn))
             for entry in entries:
                 if entry.startswith(DELETED_PREFIX):
                     shutil.rmtree(os.path.join(self.path, entry), ignore_errors=True)
-            index.set_meta(conn, "root_mtime_ns", mtime)
+            self._sql.set_meta(conn, "root_mtime_ns", mtime)
         self._root_scanned = True
 
     def _root_changed(self, before_ns):
         """After our own change to the root: record the new mtime, unless the
         root had changed behind our back before (then it is rescanned)."""
         conn = self._conn
-        if index.get_meta(conn, "root_mtime_ns") == before_ns:
-            index.set_meta(conn, "root_mtime_ns", os.stat(self.path).st_mtime_ns)
+        if self._sql.get_meta(conn, "root_mtime_ns") == before_ns:
+            self._sql.set_meta(conn, "root_mtime_ns", os.stat(self.path).st_mtime_ns)
 
     def _folder(self, name, sync=True):
         """-> FolderRow of an existing folder, its messages in step with the disk."""
         name = normalize_folder_name(name)
         self._sync_folder_list()
-        row = index.folder_row(self._conn, name)
+        row = self._sql.folder_row(self._conn, name)
         if row is None:
             raise errors.NoSuchFolder(f"There is no folder '{name}'.")
         if sync:
@@ -520,7 +485,7 @@ class MaildirMailbox:
         return out
 
     def _record_mtimes(self, conn, row, new_ns, cur_ns):
-        index.set_dir_mtimes(conn, row.id, new_ns if self._settled(new_ns) else None, cur_ns)
+        self._sql.set_dir_mtimes(conn, row.id, new_ns if self._settled(new_ns) else None, cur_ns)
 
     @contextmanager
     def _changing(self, row, subdirs=("new", "cur")):
@@ -530,7 +495,7 @@ class MaildirMailbox:
         transaction."""
         before = self._dir_mtimes(row)
         yield
-        current = index.folder_row_by_id(self._conn, row.id)
+        current = self._sql.folder_row_by_id(self._conn, row.id)
         after = self._dir_mtimes(row)
         recorded = [current.new_mtime_ns, current.cur_mtime_ns]
         result = []
@@ -542,7 +507,7 @@ class MaildirMailbox:
                     result.append(after[i])
             else:
                 result.append(recorded[i])
-        index.set_dir_mtimes(self._conn, row.id, *result)
+        self._sql.set_dir_mtimes(self._conn, row.id, *result)
 
     def _sync_folder(self, row, force=False, keep_rows=None):
         """Bring the index of one folder in step with its directory. -> fresh row.
@@ -566,12 +531,12 @@ class MaildirMailbox:
                    for sub in dirty}
         indexed = {sub: set() for sub in dirty}
         if len(dirty) == 2:
-            raw_rows = index.raw_message_rows(self._conn, row.id)
+            raw_rows = self._sql.raw_message_rows(self._conn, row.id)
             for r in raw_rows:
                 indexed[r[2]].add(r[1])
         else:
             raw_rows = None
-            indexed[dirty[0]].update(index.message_filenames(self._conn, row.id, dirty[0]))
+            indexed[dirty[0]].update(self._sql.message_filenames(self._conn, row.id, dirty[0]))
         if on_disk == indexed:
             if keep_rows is not None and raw_rows is not None:
                 keep_rows.extend(raw_rows)
@@ -579,7 +544,7 @@ class MaildirMailbox:
                 with self._transaction() as conn:
                     self._record_mtimes(conn, row, *mtimes)
             self._scanned.add((row.id, row.uidvalidity))
-            return index.folder_row_by_id(self._conn, row.id)
+            return self._sql.folder_row_by_id(self._conn, row.id)
         # names present on one side only: new files, vanished ones, renames
         appeared = {}  # key -> (subdir, filename)
         for sub in dirty:
@@ -593,16 +558,16 @@ class MaildirMailbox:
         missing = [f for sub in dirty for f in indexed[sub] - on_disk[sub]]
         with self._transaction() as conn:
             rows = {index.message_key(r.filename): r
-                    for r in index.message_rows_by_filename(conn, row.id, missing)}
+                    for r in self._sql.message_rows_by_filename(conn, row.id, missing)}
             unknown = [key for key in appeared if key not in rows]
             if unknown and len(dirty) == 1:
                 # a file moved here from the directory we did not list (its mtime
                 # did not visibly move): find its row there by key, in one pass
                 other = "cur" if dirty[0] == "new" else "new"
                 by_key = {index.message_key(f): f
-                          for f in index.message_filenames(conn, row.id, other)}
+                          for f in self._sql.message_filenames(conn, row.id, other)}
                 moved = [by_key[key] for key in unknown if key in by_key]
-                for r in index.message_rows_by_filename(conn, row.id, moved):
+                for r in self._sql.message_rows_by_filename(conn, row.id, moved):
                     if not os.path.exists(os.path.join(base, r.subdir, r.filename)):
                         rows[index.message_key(r.filename)] = r
             gone = [r for key, r in rows.items() if key not in appeared]
@@ -611,28 +576,28 @@ class MaildirMailbox:
                            if key not in rows)
             modseq = None
             if gone or renamed or found:
-                modseq = index.next_modseq(conn, row.id)
+                modseq = self._sql.next_modseq(conn, row.id)
             if gone:
                 log.info("{n} messages of {folder} in {path} vanished from the disk",
                          n=len(gone), folder=row.name, path=self.path)
-                index.delete_messages(conn, row.id, gone, modseq)
+                self._sql.delete_messages(conn, row.id, gone, modseq)
             for r, sub, filename in renamed:
                 sysflags, keywords = flags_from_filename(filename, r.keywords)
                 changed = (sysflags, keywords) != (r.sysflags, r.keywords)
-                index.update_message_file(conn, row.id, r.uid, filename, sub, sysflags, keywords,
+                self._sql.update_message_file(conn, row.id, r.uid, filename, sub, sysflags, keywords,
                                           modseq=modseq if changed else None)
             if found:
                 self._index_found_files(conn, row, found, modseq)
             self._record_mtimes(conn, row, *mtimes)
         self._scanned.add((row.id, row.uidvalidity))
-        return index.folder_row_by_id(self._conn, row.id)
+        return self._sql.folder_row_by_id(self._conn, row.id)
 
     def _index_found_files(self, conn, row, found, modseq):
         """Give files unknown to the index (other tools, crash leftovers) UIDs."""
         base = self._folder_dir(row)
         now = self._clock.seconds()
         indexed = 0
-        uid = index.take_uids(conn, row.id, len(found))
+        uid = self._sql.take_uids(conn, row.id, len(found))
         for filename, sub in found:
             path = os.path.join(base, sub, filename)
             try:
@@ -644,7 +609,7 @@ class MaildirMailbox:
             except FileNotFoundError:
                 continue
             sysflags, keywords = flags_from_filename(filename, "")
-            index.insert_message(conn, row.id, index.MessageRow(
+            self._sql.insert_message(conn, row.id, index.MessageRow(
                 uid=uid, filename=filename, subdir=sub, sysflags=sysflags, keywords=keywords,
                 size=st.st_size, internal_date=st.st_mtime, saved_at=now, modseq=modseq,
                 recent=int(sub == "new")))
@@ -689,21 +654,21 @@ class MaildirMailbox:
         with self._transaction() as conn:
             before = os.stat(self.path).st_mtime_ns
             for name in DEFAULT_FOLDERS:
-                if index.folder_row(conn, name) is None:
+                if self._sql.folder_row(conn, name) is None:
                     dirname = folder_dirname(name)
                     self._make_folder_dirs(dirname)
-                    index.insert_folder(conn, name, dirname, self._new_uidvalidity(conn))
-                index.set_subscribed(conn, name, True)
+                    self._sql.insert_folder(conn, name, dirname, self._new_uidvalidity(conn))
+                self._sql.set_subscribed(conn, name, True)
             fsync_dir(self.path)
             self._root_changed(before)
 
     def usage(self):
-        return MailUsage(*index.usage(self._conn))
+        return MailUsage(*self._sql.usage(self._conn))
 
     def list_folders(self):
         self._sync_folder_list()
-        rows = index.folder_rows(self._conn)
-        subscribed = set(index.subscriptions(self._conn))
+        rows = self._sql.folder_rows(self._conn)
+        subscribed = set(self._sql.subscriptions(self._conn))
         names = [r.name for r in rows]
         return [FolderInfo(name=name, subscribed=name in subscribed,
                            special_use=SPECIAL_USE.get(name),
@@ -711,29 +676,29 @@ class MaildirMailbox:
                 for name in names]
 
     def list_subscriptions(self):
-        return index.subscriptions(self._conn)
+        return self._sql.subscriptions(self._conn)
 
     def subscribe(self, name, subscribed):
         name = normalize_folder_name(name)
         with self._transaction() as conn:
-            index.set_subscribed(conn, name, subscribed)
+            self._sql.set_subscribed(conn, name, subscribed)
 
     def create_folder(self, name):
         name = normalize_folder_name(name)
         self._sync_folder_list()
-        if index.folder_row(self._conn, name) is not None:
+        if self._sql.folder_row(self._conn, name) is not None:
             raise errors.AlreadyExists(f"The folder '{name}' already exists.")
         with self._transaction() as conn:
             before = os.stat(self.path).st_mtime_ns
             for wanted in parent_names(name) + [name]:
-                if index.folder_row(conn, wanted) is None:
+                if self._sql.folder_row(conn, wanted) is None:
                     dirname = folder_dirname(wanted)
                     if os.path.exists(self._folder_dir(dirname)):
                         # a stray directory (or a file) where the folder would go
                         os.rename(self._folder_dir(dirname), os.path.join(
                             self.path, f"{DELETED_PREFIX}{secrets.token_hex(6)}"))
                     self._make_folder_dirs(dirname)
-                    index.insert_folder(conn, wanted, dirname, self._new_uidvalidity(conn))
+                    self._sql.insert_folder(conn, wanted, dirname, self._new_uidvalidity(conn))
             fsync_dir(self.path)
             self._root_changed(before)
         return self._status(self._folder(name))
@@ -744,7 +709,7 @@ class MaildirMailbox:
             raise errors.FolderProtected(
                 f"The folder '{name}' is needed by the service and cannot be deleted.")
         row = self._folder(name, sync=False)
-        if any(is_below(r.name, name) for r in index.folder_rows(self._conn)):
+        if any(is_below(r.name, name) for r in self._sql.folder_rows(self._conn)):
             raise errors.ValidationError(
                 f"The folder '{name}' has subfolders; delete or move them first.")
         doomed = os.path.join(self.path, f"{DELETED_PREFIX}{secrets.token_hex(6)}")
@@ -752,7 +717,7 @@ class MaildirMailbox:
             before = os.stat(self.path).st_mtime_ns
             os.rename(self._folder_dir(row), doomed)
             fsync_dir(self.path)
-            index.delete_folder(conn, row.id)
+            self._sql.delete_folder(conn, row.id)
             self._root_changed(before)
         shutil.rmtree(doomed, ignore_errors=True)
 
@@ -767,28 +732,28 @@ class MaildirMailbox:
         row = self._folder(old, sync=False)
         if new == old or is_below(new, old):
             raise errors.ValidationError(f"A folder cannot be moved into itself ('{new}').")
-        rows = index.folder_rows(self._conn)
+        rows = self._sql.folder_rows(self._conn)
         if any(r.name == new for r in rows):
             raise errors.AlreadyExists(f"The folder '{new}' already exists.")
         moving = [row] + [r for r in rows if is_below(r.name, old)]
-        subscribed = set(index.subscriptions(self._conn))
+        subscribed = set(self._sql.subscriptions(self._conn))
         with self._transaction() as conn:
             before = os.stat(self.path).st_mtime_ns
             for parent in parent_names(new):
-                if index.folder_row(conn, parent) is None:
+                if self._sql.folder_row(conn, parent) is None:
                     dirname = folder_dirname(parent)
                     self._make_folder_dirs(dirname)
-                    index.insert_folder(conn, parent, dirname, self._new_uidvalidity(conn))
+                    self._sql.insert_folder(conn, parent, dirname, self._new_uidvalidity(conn))
             for r in moving:
                 target = new + r.name[len(old):]
                 dirname = folder_dirname(target)
                 if os.path.exists(self._folder_dir(dirname)):
                     raise errors.AlreadyExists(f"The folder '{target}' already exists on disk.")
                 os.rename(self._folder_dir(r), self._folder_dir(dirname))
-                index.rename_folder(conn, r.id, target, dirname)
+                self._sql.rename_folder(conn, r.id, target, dirname)
                 if r.name in subscribed:
-                    index.set_subscribed(conn, r.name, False)
-                    index.set_subscribed(conn, target, True)
+                    self._sql.set_subscribed(conn, r.name, False)
+                    self._sql.set_subscribed(conn, target, True)
             fsync_dir(self.path)
             self._root_changed(before)
 
@@ -800,7 +765,7 @@ class MaildirMailbox:
         self.create_folder(new)
         inbox = self._folder(INBOX)
         target = self._folder(new)
-        rows = index.message_rows(self._conn, inbox.id)
+        rows = self._sql.message_rows(self._conn, inbox.id)
         if rows:
             self._transfer(inbox, rows, target, keep_names=True)
 
@@ -808,7 +773,7 @@ class MaildirMailbox:
 
     def _status(self, row, infos=None):
         if infos is None:
-            messages, recent, unseen, size = index.folder_counts(self._conn, row.id)
+            messages, recent, unseen, size = self._sql.folder_counts(self._conn, row.id)
         else:
             # C-level passes: a 100,000-message folder is counted in milliseconds
             messages = len(infos)
@@ -830,26 +795,26 @@ class MaildirMailbox:
         if raw_rows or row.uidnext == 1:
             infos = index.infos_from_raw(raw_rows)
         else:
-            infos = index.message_infos(self._conn, row.id)
+            infos = self._sql.message_infos(self._conn, row.id)
         return FolderSnapshot(status=self._status(row, infos), messages=tuple(infos))
 
     def changes_since(self, name, modseq):
         row = self._folder(name)
-        changed, vanished = index.changed_since(self._conn, row.id, modseq)
+        changed, vanished = self._sql.changed_since(self._conn, row.id, modseq)
         return FolderChanges(uidvalidity=row.uidvalidity, uidnext=row.uidnext,
                              highestmodseq=row.highestmodseq, changed=tuple(changed),
                              vanished=tuple(vanished))
 
     def saved_before(self, name, before):
         row = self._folder(name)
-        return tuple(index.saved_before(self._conn, row.id, before))
+        return tuple(self._sql.saved_before(self._conn, row.id, before))
 
     def message_path(self, name, uid):
         row = self._folder(name, sync=False)
-        found = index.message_row(self._conn, row.id, uid)
+        found = self._sql.message_row(self._conn, row.id, uid)
         if found is None:
             row = self._sync_folder(row)
-            found = index.message_row(self._conn, row.id, uid)
+            found = self._sql.message_row(self._conn, row.id, uid)
         if found is None:
             raise errors.NoSuchMessage(f"There is no message with UID {uid} in '{row.name}'.")
         return os.path.join(self._folder_dir(row), found.subdir, found.filename)
@@ -868,8 +833,8 @@ class MaildirMailbox:
         """-> {uid: mime.MessageSummary} of the existing ``uids``, parsing
         and caching the ones not yet summarized."""
         row = self._folder(name, sync=False)
-        rows = {r.uid: r for r in index.message_rows(self._conn, row.id, uids)}
-        cached = index.cached_mime(self._conn, row.id, rows, with_structure)
+        rows = {r.uid: r for r in self._sql.message_rows(self._conn, row.id, uids)}
+        cached = self._sql.cached_mime(self._conn, row.id, rows, with_structure)
         missing = [uid for uid in rows if uid not in cached]
         if missing:
             fresh = {}
@@ -883,7 +848,7 @@ class MaildirMailbox:
                     continue
             with self._transaction() as conn:
                 for uid, summary in fresh.items():
-                    index.store_mime(conn, row.id, uid, *summary.to_cache())
+                    self._sql.store_mime(conn, row.id, uid, *summary.to_cache())
             for uid, summary in fresh.items():
                 fields, structure = summary.to_cache()
                 cached[uid] = (fields, structure if with_structure else None)
@@ -896,7 +861,7 @@ class MaildirMailbox:
         base = self._folder_dir(row)
         opened = []
         try:
-            for r in index.message_rows(self._conn, row.id, uids):
+            for r in self._sql.message_rows(self._conn, row.id, uids):
                 try:
                     opened.append((r.uid, open(os.path.join(base, r.subdir, r.filename), "rb")))
                 except FileNotFoundError:
@@ -977,7 +942,7 @@ class MaildirMailbox:
             row = self._folder(name, sync=False)
             flags = check_flags(flags)
             if quota_bytes is not None:
-                used, _ = index.usage(self._conn)
+                used, _ = self._sql.usage(self._conn)
                 if used + staged.size > quota_bytes:
                     raise errors.QuotaExceeded(
                         f"The mailbox is full ({used} of {quota_bytes} bytes used); "
@@ -1000,21 +965,21 @@ class MaildirMailbox:
                     publish(staged.path, target)
                     published = True
                     fsync_dir(os.path.join(base, subdir))
-                uid = index.take_uids(conn, row.id, 1)
-                modseq = index.next_modseq(conn, row.id)
+                uid = self._sql.take_uids(conn, row.id, 1)
+                modseq = self._sql.next_modseq(conn, row.id)
                 sysflags, keywords = index.encode_flags(flags)
                 message = index.MessageRow(
                     uid=uid, filename=filename, subdir=subdir, sysflags=sysflags,
                     keywords=keywords, size=staged.size, internal_date=internal_date,
                     saved_at=now, modseq=modseq, recent=1)
-                index.insert_message(conn, row.id, message)
+                self._sql.insert_message(conn, row.id, message)
                 if staged.summary is not None:
-                    index.store_mime(conn, row.id, uid, *staged.summary.to_cache())
+                    self._sql.store_mime(conn, row.id, uid, *staged.summary.to_cache())
         except BaseException:
             # not committed: the message must not appear later either
             _unlink_quietly(target if published else staged.path)
             raise
-        row = index.folder_row_by_id(self._conn, row.id)
+        row = self._sql.folder_row_by_id(self._conn, row.id)
         return StoredMessage(folder=row.name, uidvalidity=row.uidvalidity,
                              info=index.row_info(message))
 
@@ -1025,7 +990,7 @@ class MaildirMailbox:
         if mode not in (FLAGS_ADD, FLAGS_REMOVE, FLAGS_REPLACE):
             raise ValueError(f"unknown flag mode {mode!r}")
         row = self._folder(name, sync=False)
-        rows = index.message_rows(self._conn, row.id, uids)
+        rows = self._sql.message_rows(self._conn, row.id, uids)
         base = self._folder_dir(row)
         changed = []
         modified = []
@@ -1054,23 +1019,23 @@ class MaildirMailbox:
                         self._scanned.discard((row.id, row.uidvalidity))
                         continue
                     if modseq is None:
-                        modseq = index.next_modseq(conn, row.id)
+                        modseq = self._sql.next_modseq(conn, row.id)
                     sysflags, keywords = index.encode_flags(new)
-                    index.update_message_file(conn, row.id, r.uid, filename, "cur", sysflags,
+                    self._sql.update_message_file(conn, row.id, r.uid, filename, "cur", sysflags,
                                               keywords, modseq=modseq)
                     changed.append(attrs.evolve(r, filename=filename, subdir="cur",
                                                 sysflags=sysflags, keywords=keywords,
                                                 modseq=modseq))
             if changed:
                 fsync_dir(os.path.join(base, "cur"))
-        row = index.folder_row_by_id(self._conn, row.id)
+        row = self._sql.folder_row_by_id(self._conn, row.id)
         return FlagChanges(changed=tuple(index.row_info(r) for r in changed),
                            modified=tuple(modified), highestmodseq=row.highestmodseq)
 
     def claim_recent(self, name, uids):
         """Clear ``\\Recent`` (moving files from new/ to cur/). -> claimed UIDs."""
         row = self._folder(name, sync=False)
-        rows = index.recent_rows(self._conn, row.id)
+        rows = self._sql.recent_rows(self._conn, row.id)
         if uids is not None:
             wanted = set(uids)
             rows = [r for r in rows if r.uid in wanted]
@@ -1088,15 +1053,15 @@ class MaildirMailbox:
                         except FileNotFoundError:
                             self._scanned.discard((row.id, row.uidvalidity))
                             continue
-                        index.update_message_file(conn, row.id, r.uid, filename, "cur",
+                        self._sql.update_message_file(conn, row.id, r.uid, filename, "cur",
                                                   r.sysflags, r.keywords, recent=False)
                     claimed.append(r.uid)
-                index.clear_recent(conn, row.id, claimed)
+                self._sql.clear_recent(conn, row.id, claimed)
         return tuple(claimed)
 
     def expunge(self, name, uids):
         row = self._folder(name, sync=False)
-        rows = index.message_rows(self._conn, row.id, uids)
+        rows = self._sql.message_rows(self._conn, row.id, uids)
         base = self._folder_dir(row)
         if not rows:
             return Expunged(uids=(), highestmodseq=row.highestmodseq)
@@ -1106,16 +1071,16 @@ class MaildirMailbox:
                     # the file goes first: a crash before the commit must not
                     # bring the message back as an unknown file
                     _unlink_quietly(os.path.join(base, r.subdir, r.filename))
-            modseq = index.next_modseq(conn, row.id)
-            index.delete_messages(conn, row.id, rows, modseq)
+            modseq = self._sql.next_modseq(conn, row.id)
+            self._sql.delete_messages(conn, row.id, rows, modseq)
         return Expunged(uids=tuple(r.uid for r in rows), highestmodseq=modseq)
 
     def copy(self, name, uids, dest_name, quota_bytes):
         src = self._folder(name, sync=False)
         dst = self._folder(dest_name, sync=False)
-        rows = index.message_rows(self._conn, src.id, uids)
+        rows = self._sql.message_rows(self._conn, src.id, uids)
         if quota_bytes is not None and rows:
-            used, _ = index.usage(self._conn)
+            used, _ = self._sql.usage(self._conn)
             needed = sum(r.size for r in rows)
             if used + needed > quota_bytes:
                 raise errors.QuotaExceeded(
@@ -1126,7 +1091,7 @@ class MaildirMailbox:
     def move(self, name, uids, dest_name):
         src = self._folder(name, sync=False)
         dst = self._folder(dest_name, sync=False)
-        rows = index.message_rows(self._conn, src.id, uids)
+        rows = self._sql.message_rows(self._conn, src.id, uids)
         return self._transfer(src, rows, dst)
 
     def _transfer(self, src, rows, dst, link=False, keep_names=False):
@@ -1163,24 +1128,24 @@ class MaildirMailbox:
                         for sub in {r.subdir for r, _, _ in placed}:
                             fsync_dir(os.path.join(src_base, sub))
                 if not placed:
-                    src_row = index.folder_row_by_id(conn, src.id)
+                    src_row = self._sql.folder_row_by_id(conn, src.id)
                     return CopyResult(uidvalidity=dst.uidvalidity, uid_map=(), added=(),
                                       source_highestmodseq=None if link
                                       else src_row.highestmodseq)
-                first = index.take_uids(conn, dst.id, len(placed))
-                modseq = index.next_modseq(conn, dst.id)
+                first = self._sql.take_uids(conn, dst.id, len(placed))
+                modseq = self._sql.next_modseq(conn, dst.id)
                 added, uid_map = [], []
                 for i, (r, filename, subdir) in enumerate(placed):
                     new = attrs.evolve(r, uid=first + i, filename=filename, subdir=subdir,
                                        saved_at=now, modseq=modseq, recent=1)
-                    index.insert_message(conn, dst.id, new)
-                    index.copy_mime(conn, src.id, r.uid, dst.id, new.uid)
+                    self._sql.insert_message(conn, dst.id, new)
+                    self._sql.copy_mime(conn, src.id, r.uid, dst.id, new.uid)
                     added.append(index.row_info(new))
                     uid_map.append((r.uid, new.uid))
                 source_modseq = None
                 if not link:
-                    source_modseq = index.next_modseq(conn, src.id)
-                    index.delete_messages(conn, src.id, [r for r, _, _ in placed],
+                    source_modseq = self._sql.next_modseq(conn, src.id)
+                    self._sql.delete_messages(conn, src.id, [r for r, _, _ in placed],
                                           source_modseq)
         except BaseException:
             for new_path, old_path in created:
@@ -1258,10 +1223,15 @@ class MaildirStore:
     at a time, in order; different mailboxes proceed in parallel.
     """
 
-    def __init__(self, data_dir, clock, run_in_thread, max_open_indexes=256):
+    def __init__(self, data_dir, clock, run_in_thread, max_open_indexes=256,
+                 index_backend=None):
         self.root = os.path.join(data_dir, "mail")
         self._clock = clock
         self._run = run_in_thread
+        #: (mailbox path, mailbox id) -> the mailbox's index handle; None:
+        #: a SQLite file in each mailbox (folder_index.SQLiteFolderIndex)
+        self._index_backend = index_backend or (
+            lambda path, mailbox_id: index.SQLiteFolderIndex(path))
         self._names = _NameMaker(clock)
         self._mailboxes = {}
         self._mailboxes_lock = threading.Lock()
@@ -1279,7 +1249,9 @@ class MaildirStore:
         with self._mailboxes_lock:
             found = self._mailboxes.pop(mailbox_id, None)
             if found is None:
-                found = MaildirMailbox(self.mailbox_path(mailbox_id), self._clock, self._names)
+                path = self.mailbox_path(mailbox_id)
+                found = MaildirMailbox(path, self._clock, self._names,
+                                       self._index_backend(path, mailbox_id))
             self._mailboxes[mailbox_id] = found  # most recently used last
             while len(self._mailboxes) > self._max_open:
                 oldest_id = next(iter(self._mailboxes))
@@ -1332,22 +1304,26 @@ class MaildirStore:
     def _remove(self, mailbox_id):
         path = self.mailbox_path(mailbox_id)
         mailbox = self._mailbox(mailbox_id)
+        doomed = None
         with mailbox._thread_lock:
             mailbox.close()
             try:
-                fd = os.open(os.path.join(path, LOCK_FILENAME), os.O_RDWR | os.O_CREAT, 0o600)
+                # wait for another process (ktmail-admin, the daemon, another node)
+                mailbox.index.lock()
             except FileNotFoundError:
                 return
             try:
-                # wait for another process (ktmail-admin, the daemon) to finish
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                doomed = os.path.join(self.root, f".removed-{int(mailbox_id)}-"
-                                      f"{secrets.token_hex(8)}")
-                os.rename(path, doomed)
-                fsync_dir(self.root)
+                if os.path.isdir(path):
+                    doomed = os.path.join(self.root, f".removed-{int(mailbox_id)}-"
+                                          f"{secrets.token_hex(8)}")
+                    os.rename(path, doomed)
+                    fsync_dir(self.root)
+                mailbox.index.forget()
             finally:
-                os.close(fd)
-        shutil.rmtree(doomed, ignore_errors=True)
+                mailbox.index.unlock()
+                mailbox.close()
+        if doomed is not None:
+            shutil.rmtree(doomed, ignore_errors=True)
         with self._mailboxes_lock:
             self._mailboxes.pop(int(mailbox_id), None)
 

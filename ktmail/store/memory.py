@@ -215,6 +215,15 @@ class MemoryStore:
         return [e for e in self._events.get(key, []) if e[0] >= since]
 
     @_answer
+    def take_event(self, key, now, count, window, limit):
+        events = [e for e in self._events.get(key, []) if e[0] > now - window]
+        taken = sum(n for _, n in events) + count <= limit
+        if taken:
+            self._events.setdefault(key, []).append((now, count))
+            self._events[key].sort()
+        return taken, events
+
+    @_answer
     def clear_events(self, key):
         self._events.pop(key, None)
 
@@ -603,6 +612,16 @@ class MemoryMailStore:
 _ENTRY_ID = re.compile(r"[a-z0-9-]{1,64}\Z")
 
 
+class _MemoryClaim:
+    def __init__(self, claimed, entry_id):
+        self._claimed = claimed
+        self.entry_id = entry_id
+
+    def release(self):
+        self._claimed.discard(self.entry_id)
+        return defer.succeed(None)
+
+
 @implementer(IQueueStore)
 class MemoryQueueStore:
     """The outbound queue in memory: entries and message bytes in dicts."""
@@ -611,6 +630,14 @@ class MemoryQueueStore:
         self._entries = {}     # id -> QueueEntry
         self._messages = {}    # id -> bytes
         self._token = 0
+        self._claimed = set()  # ids in a delivery round
+
+    @_answer
+    def claim(self, entry_id):
+        if entry_id in self._claimed:
+            return None
+        self._claimed.add(entry_id)
+        return _MemoryClaim(self._claimed, entry_id)
 
     def _check(self, entry_id):
         if not isinstance(entry_id, str) or not _ENTRY_ID.match(entry_id) \

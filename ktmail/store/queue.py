@@ -16,6 +16,12 @@ without its message. After a crash, ``recover()`` deletes ``*.tmp`` files
 and ``.msg`` files without an entry (an ``add`` that never returned).
 Removal unlinks ``.json`` first, then ``.msg``.
 
+A delivery round holds ``<id>.lock`` with a non-blocking ``flock``
+(``claim``), so that the schedulers of several nodes sharing the queue
+directory never deliver one entry twice; the kernel (or the NFSv4 / CephFS
+lock service) drops the lock when its process dies, and another node's
+scheduler takes the entry over.
+
 A per-message file pair rather than rows in the service database, because
 the message and its metadata then live and die together in one directory,
 with no transaction spanning SQLite and the file system; ``ktmail-admin``
@@ -74,6 +80,13 @@ def entry_from_json(data):
         recipients=tuple(QueuedRecipient(**r) for r in doc["recipients"]))
 
 
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -95,6 +108,18 @@ def _write_durably(path, data):
     finally:
         os.close(fd)
     os.rename(tmp, path)
+
+
+class _Claim:
+    """An entry held for one delivery round (an open, flocked ``<id>.lock``)."""
+
+    def __init__(self, store, entry_id, fd):
+        self._store = store
+        self.entry_id = entry_id
+        self.fd = fd
+
+    def release(self):
+        return self._store._run(self._store._release, self)
 
 
 class _Locked:
@@ -218,7 +243,31 @@ class DiskQueueStore:
                 os.unlink(msg_path)
             except FileNotFoundError:
                 pass
+            _unlink_quietly(json_path[:-len(".json")] + ".lock")
             _fsync_dir(self.root)
+
+    def _claim(self, entry_id):
+        json_path, _ = self._paths(entry_id)
+        lock_path = json_path[:-len(".json")] + ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return _Claim(self, entry_id, fd)
+
+    def _release(self, claim):
+        json_path, _ = self._paths(claim.entry_id)
+        try:
+            if not os.path.exists(json_path):
+                # the round removed the entry: its lock file goes too
+                _unlink_quietly(json_path[:-len(".json")] + ".lock")
+        finally:
+            os.close(claim.fd)
 
     def _open(self, entry_id):
         _, msg_path = self._paths(entry_id)
@@ -250,7 +299,9 @@ class DiskQueueStore:
             names = set(os.listdir(self.root))
             for name in names:
                 path = os.path.join(self.root, name)
-                orphan = (name.endswith(".msg") and name[:-4] + ".json" not in names)
+                # an add that never returned, or a finished round's lock
+                orphan = (not name.startswith(".") and name.endswith((".msg", ".lock"))
+                          and name.rpartition(".")[0] + ".json" not in names)
                 if name.endswith(".tmp") or orphan:
                     os.unlink(path)
                     cleaned += 1
@@ -289,3 +340,6 @@ class DiskQueueStore:
 
     def recover(self):
         return self._run(self._recover)
+
+    def claim(self, entry_id):
+        return self._run(self._claim, entry_id)

@@ -342,6 +342,16 @@ def events_since_txn(conn, key, since):
         "SELECT at, count FROM events WHERE key=? AND at>=? ORDER BY at", (key, since))]
 
 
+def take_event_txn(conn, key, now, count, window, limit):
+    # runs under BEGIN IMMEDIATE: no other writer between the sum and the insert
+    events = [tuple(r) for r in conn.execute(
+        "SELECT at, count FROM events WHERE key=? AND at>? ORDER BY at", (key, now - window))]
+    taken = sum(n for _, n in events) + count <= limit
+    if taken:
+        add_event_txn(conn, key, now, count)
+    return taken, events
+
+
 def clear_events_txn(conn, key):
     conn.execute("DELETE FROM events WHERE key=?", (key,))
 
@@ -434,6 +444,9 @@ class SQLiteStore:
 
     def events_since(self, key, since):
         return self._read(events_since_txn, key, since)
+
+    def take_event(self, key, now, count, window, limit):
+        return self._write(take_event_txn, key, now, count, window, limit)
 
     def clear_events(self, key):
         return self._write(clear_events_txn, key)

@@ -282,6 +282,33 @@ class OutsideChangeTests(MailboxServiceTestCase):
         self.assertEqual(folder.uids, [1, 2, 3])
         self.assertEqual(session.events, [("added", [2, 3])])
 
+    def test_a_notified_change_is_looked_at_even_during_a_refresh(self):
+        """folder_changed (another node's change) while a look at the store
+        is under way, a look that began before the change: one more look
+        follows it, so the change reaches the listeners at once."""
+        session = Session()
+        folder = self.open(listener=session)
+        original = self.store.changes_since
+        gate = defer.Deferred()
+
+        def answered_late(*args):
+            early = self.successResultOf(original(*args))
+            return gate.addCallback(lambda _: early)
+        self.store.changes_since = answered_late
+        folder.refresh()
+        self.successResultOf(self.store.add_message(self.box.id, "INBOX", message(1)))
+        self.service.folder_changed(self.box.id, "INBOX")
+        self.service.folder_changed(self.box.id, "INBOX")
+        self.store.changes_since = original
+        gate.callback(None)
+        self.assertEqual(session.events, [("added", [1])])
+
+    def test_a_notification_for_a_folder_not_loaded_is_ignored(self):
+        """folder_changed for a folder nobody has open here does nothing."""
+        self.service.folder_changed(self.box.id, "Sent")
+        self.service.folder_changed(999, "INBOX")
+        self.assertIsNone(self.service.live_folder(self.box, "Sent"))
+
     def test_reopening_refreshes(self):
         """Opening a folder that is already live brings it up to date."""
         folder = self.open()

@@ -15,6 +15,7 @@ from ktmail.model import Address
 from ktmail.protocols.smtp_client import SMTPDeliveryClient
 from ktmail.services.dkim import DkimSigner
 from ktmail.services.outbound import (
+    BUSY,
     DeliveryServiceBounces,
     OutboundQueue,
     OutboundScheduler,
@@ -480,3 +481,32 @@ class LocalDSNAdapterTests(unittest.TestCase):
                                   b"DSN", False)])
         yield self.assertFailure(adapter(Address("gone", "sboksi.fi"), io.BytesIO(b"x")),
                                  errors.NoSuchMailbox)
+
+
+class SharedQueueTests(OutboundTestCase):
+    """Two nodes' schedulers over one queue directory (a shared file system)."""
+
+    @defer.inlineCallbacks
+    def test_an_entry_another_node_is_delivering_is_left_to_it(self):
+        """While another node holds an entry's claim (its round runs), this
+        node's round gives way (BUSY) and looks again a minute later: the
+        message is sent exactly once."""
+        other_node = DiskQueueStore(self.data_dir, InlineRunner())
+        yield self.h.scheduler.when_idle()
+        # the other node's round claims every entry as soon as it appears
+        held = []
+        original_add = self.h.store._add
+
+        def add_and_claim_elsewhere(entry, write_message):
+            original_add(entry, write_message)
+            held.append(other_node._claim(entry.id))
+        self.h.store._add = add_and_claim_elsewhere
+        queue_id = yield self.h.enqueue(["bob@example.net"])
+        yield self.h.scheduler.when_idle()
+        self.assertEqual(self.mx.messages, [])
+        self.assertEqual((yield self.h.queue.attempt(queue_id)), BUSY)
+        self.assertEqual([e.id for e in (yield self.h.entries())], [queue_id])
+        yield held[0].release()
+        yield self.h.advance(60)
+        self.assertEqual(len(self.mx.messages), 1)
+        self.assertEqual((yield self.h.entries()), [])

@@ -13,6 +13,7 @@ from ktmail.model import Address
 from ktmail.store import IAccountStore, IAuditLog, ICounterStore
 from ktmail.store.memory import MemoryStore
 from ktmail.store.sqlite import Database, InlineRunner, SQLiteStore, connect, migrate
+from tests import postgresql
 
 A = Address("alice", "brev.fi")
 B = Address("bob", "brev.fi")
@@ -152,6 +153,24 @@ class AccountStoreContract:
         self.assertEqual((yield self.store.events_since("other", 0)), [(15.0, 1)])
 
     @defer.inlineCallbacks
+    def test_take_event_records_only_what_fits_the_window(self):
+        """take_event counts the events later than now - window: it records
+        while they fit the limit, refuses (recording nothing) after, and
+        returns the events it counted."""
+        self.assertEqual((yield self.store.take_event("k", 100.0, 2, 60.0, 3)), (True, []))
+        self.assertEqual((yield self.store.take_event("k", 110.0, 2, 60.0, 3)),
+                         (False, [(100.0, 2)]))
+        self.assertEqual((yield self.store.take_event("k", 110.0, 1, 60.0, 3)),
+                         (True, [(100.0, 2)]))
+        # at 160 the event of 100 has left the window (it must be later than 100)
+        self.assertEqual((yield self.store.take_event("k", 160.0, 2, 60.0, 3)),
+                         (True, [(110.0, 1)]))
+        self.assertEqual((yield self.store.events_since("k", 0)),
+                         [(100.0, 2), (110.0, 1), (160.0, 2)])
+        self.assertEqual((yield self.store.take_event("other", 160.0, 4, 60.0, 3)),
+                         (False, []))
+
+    @defer.inlineCallbacks
     def test_audit_log_newest_first(self):
         """Audit entries come back newest first, limited."""
         yield self.store.add_audit(1.0, "ops", "mailbox.remove", "alice_u", "by operator")
@@ -173,6 +192,12 @@ class SQLiteStoreContractTests(AccountStoreContract, unittest.TestCase):
         db = Database(path, InlineRunner())
         self.addCleanup(db.close)
         return SQLiteStore(db)
+
+
+class PostgresStoreContractTests(AccountStoreContract, unittest.TestCase):
+    def make_store(self):
+        from ktmail.store.postgresql import PostgresStore
+        return PostgresStore(postgresql.open_database(self))
 
 
 class SQLiteSpecificTests(unittest.TestCase):
@@ -227,3 +252,80 @@ class SQLiteSpecificTests(unittest.TestCase):
         for t in threads:
             t.join()
         self.assertEqual(sorted(outcomes), ["LimitReached"] * 3 + ["ok"] * 5)
+
+
+class PostgresSpecificTests(unittest.TestCase):
+    """What several nodes sharing one PostgreSQL rely on."""
+
+    def setUp(self):
+        from ktmail.store.postgresql import Database, PostgresStore
+        self.url = postgresql.empty_database()
+        self.Database, self.PostgresStore = Database, PostgresStore
+
+    def node(self):
+        """A store as one node has it: its own Database (connections)."""
+        db = self.Database(self.url, InlineRunner())
+        self.addCleanup(db.close)
+        return self.PostgresStore(db)
+
+    def race(self, count, attempt):
+        """Run ``attempt(i, store) -> Deferred`` on ``count`` threads, each
+        with its own node, released together. -> sorted outcomes."""
+        stores = [self.node() for _ in range(count)]
+        outcomes = []
+        barrier = threading.Barrier(count)
+
+        def racer(i):
+            barrier.wait()
+            d = attempt(i, stores[i])
+            d.addCallbacks(outcomes.append, lambda f: outcomes.append(f.type.__name__))
+
+        threads = [threading.Thread(target=racer, args=(i,)) for i in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sorted(map(str, outcomes))
+
+    def test_mailbox_cap_holds_across_nodes(self):
+        """Eight nodes racing to add mailboxes for one customer whose cap is
+        five: exactly five succeed."""
+        customer = self.successResultOf(self.node().add_customer("kund", "h", 1.0))
+        outcomes = self.race(8, lambda i, store: store.add_mailbox(
+            customer.id, f"racer{i}", Address(f"r{i}", "brev.fi"), "h", 1, 1.0, 5).addCallback(
+                lambda _: "ok"))
+        self.assertEqual(outcomes, ["LimitReached"] * 3 + ["ok"] * 5)
+
+    def test_one_name_is_taken_once_across_nodes(self):
+        """A customer login and a mailbox username racing for one name on
+        different nodes: one wins, the other is AlreadyExists."""
+        customer = self.successResultOf(self.node().add_customer("kund", "h", 1.0))
+
+        def attempt(i, store):
+            if i % 2:
+                d = store.add_customer("samename", "h", 1.0)
+            else:
+                d = store.add_mailbox(customer.id, "samename", Address(f"s{i}", "brev.fi"), "h",
+                                      1, 1.0, 5)
+            return d.addCallback(lambda _: "ok")
+        self.assertEqual(self.race(6, attempt), ["AlreadyExists"] * 5 + ["ok"])
+
+    def test_take_event_is_atomic_across_nodes(self):
+        """Ten nodes each taking 30 of a 200 window at once: six get it, and
+        the store holds exactly 180."""
+        outcomes = self.race(10, lambda i, store: store.take_event(
+            "sent:smtp:1", 1000.0, 30, 3600.0, 200).addCallback(lambda r: r[0]))
+        self.assertEqual(outcomes, ["False"] * 4 + ["True"] * 6)
+        events = self.successResultOf(self.node().events_since("sent:smtp:1", 0))
+        self.assertEqual(sum(n for _, n in events), 180)
+
+    def test_migrations_are_recorded_and_rerun_harmlessly(self):
+        """A second node starting on a migrated database changes nothing."""
+        self.node()
+        self.node()
+        import psycopg
+        with psycopg.connect(self.url) as conn:
+            numbers = [r[0] for r in conn.execute(
+                "SELECT number FROM schema_migrations ORDER BY number")]
+        from ktmail.store.postgresql import migrations
+        self.assertEqual(numbers, [n for n, _, _ in migrations()])

@@ -20,6 +20,7 @@ from ktmail.store import IMailStore
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.memory import MemoryMailStore
 from ktmail.store.sqlite import InlineRunner
+from tests import postgresql
 
 MAILBOX = 7
 START = 1_700_000_000
@@ -551,3 +552,20 @@ class MaildirMailStoreTests(MailStoreContract, unittest.TestCase):
 
     def restart(self):
         return MaildirStore(self.data_dir, self.clock, InlineRunner())
+
+
+class PostgresIndexMailStoreTests(MailStoreContract, unittest.TestCase):
+    """The Maildir store with its folder indexes in PostgreSQL (nodes
+    sharing the Maildirs)."""
+
+    def make_store(self):
+        from ktmail.store.folder_index_pg import index_backend
+        self.data_dir = self.mktemp()
+        db = postgresql.open_database(self)
+        return MaildirStore(self.data_dir, self.clock, InlineRunner(),
+                            index_backend=index_backend(db))
+
+    def restart(self):
+        from ktmail.store.folder_index_pg import index_backend
+        return MaildirStore(self.data_dir, self.clock, InlineRunner(),
+                            index_backend=index_backend(postgresql.reopen_database(self)))

@@ -2,6 +2,8 @@
 fake alike, plus the disk store's crash-recovery rules."""
 
 import os
+import subprocess
+import sys
 
 import attrs
 from twisted.internet import defer
@@ -152,3 +154,77 @@ class DiskQueueStoreTests(QueueStoreContract, unittest.TestCase):
         self.assertEqual(os.stat(root).st_mode & 0o777, 0o700)
         self.assertEqual(os.stat(os.path.join(root, "abc123.json")).st_mode & 0o777, 0o600)
         self.assertEqual(os.stat(os.path.join(root, "abc123.msg")).st_mode & 0o777, 0o600)
+
+
+class QueueClaimContract:
+    """Mixed into a TestCase whose make_store() returns a fresh store and
+    other_process() another store over the same queue (another node)."""
+
+    @defer.inlineCallbacks
+    def test_a_claimed_entry_cannot_be_claimed_again_until_released(self):
+        """claim() is exclusive: a second claim, from this or another
+        process, gets None until the first is released."""
+        store = self.make_store()
+        other = self.other_process(store)
+        yield store.add_bytes(make_entry(), MESSAGE)
+        first = yield store.claim("abc123")
+        self.assertIsNotNone(first)
+        self.assertIsNone((yield store.claim("abc123")))
+        self.assertIsNone((yield other.claim("abc123")))
+        yield first.release()
+        again = yield other.claim("abc123")
+        self.assertIsNotNone(again)
+        yield again.release()
+
+
+class MemoryQueueClaimTests(QueueClaimContract, unittest.TestCase):
+    def make_store(self):
+        return MemoryQueueStore()
+
+    def other_process(self, store):
+        return store
+
+
+class DiskQueueClaimTests(QueueClaimContract, unittest.TestCase):
+    def make_store(self):
+        self.data_dir = self.mktemp()
+        return DiskQueueStore(self.data_dir, InlineRunner())
+
+    def other_process(self, store):
+        return DiskQueueStore(self.data_dir, InlineRunner())
+
+    @defer.inlineCallbacks
+    def test_a_claim_dies_with_its_process(self):
+        """A process killed while it holds a claim (kill -9 during a round)
+        leaves the entry free for another node at once."""
+        store = self.make_store()
+        yield store.add_bytes(make_entry(), MESSAGE)
+        holder = subprocess.Popen(
+            [sys.executable, "-c",
+             "import fcntl, os, sys, time\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+             "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+             "print('held', flush=True)\n"
+             "time.sleep(60)\n",
+             os.path.join(self.data_dir, "queue", "abc123.lock")],
+            stdout=subprocess.PIPE)
+        self.addCleanup(holder.wait)
+        self.addCleanup(lambda: holder.poll() is None and holder.kill())
+        self.assertEqual(holder.stdout.readline(), b"held\n")
+        self.assertIsNone((yield store.claim("abc123")))
+        holder.kill()
+        holder.wait()
+        claim = yield store.claim("abc123")
+        self.assertIsNotNone(claim)
+        yield claim.release()
+
+    @defer.inlineCallbacks
+    def test_releasing_after_removal_leaves_no_lock_file(self):
+        """A round that removed its entry leaves no lock file behind."""
+        store = self.make_store()
+        yield store.add_bytes(make_entry(), MESSAGE)
+        claim = yield store.claim("abc123")
+        yield store.remove("abc123")
+        yield claim.release()
+        root = os.path.join(self.data_dir, "queue")
+        self.assertEqual([n for n in os.listdir(root) if not n.startswith(".")], [])

@@ -8,6 +8,7 @@ from zope.interface.verify import verifyObject
 from ktmail.store import ISpamStatsStore
 from ktmail.store.memory import MemorySpamStatsStore
 from ktmail.store.sqlite import Database, InlineRunner, SQLiteSpamStatsStore
+from tests import postgresql
 
 
 class SpamStatsContract:
@@ -97,6 +98,12 @@ class SpamStatsContract:
 class MemorySpamStatsTests(SpamStatsContract, unittest.TestCase):
     def setUp(self):
         self.store = MemorySpamStatsStore()
+
+
+class PostgresSpamStatsTests(SpamStatsContract, unittest.TestCase):
+    def setUp(self):
+        from ktmail.store.postgresql import PostgresSpamStatsStore
+        self.store = PostgresSpamStatsStore(postgresql.open_database(self))
 
 
 class SQLiteSpamStatsTests(SpamStatsContract, unittest.TestCase):

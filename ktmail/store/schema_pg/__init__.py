@@ -1,0 +1,1 @@
+"""Numbered, append-only PostgreSQL migrations (store/postgresql.py applies them)."""
