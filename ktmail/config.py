@@ -9,6 +9,7 @@ config file's folder. Components receive the part they need (``Limits``,
 """
 
 import configparser
+import ipaddress
 import os
 import re
 import urllib.parse
@@ -42,6 +43,8 @@ class ConfigError(Exception):
 class TLSConfig:
     cert: str
     key: str
+    #: a file of intermediate certificates (besides those after the leaf in ``cert``)
+    chain: str | None = None
 
 
 @attrs.frozen
@@ -61,6 +64,27 @@ class ListenConfig:
         return [(name, desc) for name, desc in attrs.asdict(self).items() if desc]
 
 
+#: listener -> (connections per client address, connections in all) by default
+CONNECTION_DEFAULTS = {
+    "smtp": (20, 1000),
+    "submission": (10, 1000),
+    "imap": (50, 4000),
+    "pop3": (20, 1000),
+    "web": (50, 2000),
+}
+#: RFC minimums of the idle timeouts (seconds): RFC 5321 §4.5.3.2.7 (a
+#: server waits at least 5 minutes for a command), RFC 3501 §5.4 (30
+#: minutes once logged in), RFC 1939 §3 (10 minutes)
+TIMEOUT_MINIMUMS = {
+    "smtp_command_timeout": 300,
+    "imap_idle_timeout": 1800,
+    "pop3_idle_timeout": 600,
+    "imap_login_timeout": 10,
+    "web_idle_timeout": 10,
+    "tls_handshake_timeout": 5,
+}
+
+
 @attrs.frozen
 class Limits:
     max_message_bytes: int = 52428800
@@ -70,6 +94,39 @@ class Limits:
     webmail_recipients_per_hour: int = 100
     spam_retention_days: int = 60
     inactive_delete_days: int = 183
+    # -- connections (per listener; see connection_caps) --
+    smtp_connections_per_client: int = CONNECTION_DEFAULTS["smtp"][0]
+    smtp_connections: int = CONNECTION_DEFAULTS["smtp"][1]
+    submission_connections_per_client: int = CONNECTION_DEFAULTS["submission"][0]
+    submission_connections: int = CONNECTION_DEFAULTS["submission"][1]
+    imap_connections_per_client: int = CONNECTION_DEFAULTS["imap"][0]
+    imap_connections: int = CONNECTION_DEFAULTS["imap"][1]
+    pop3_connections_per_client: int = CONNECTION_DEFAULTS["pop3"][0]
+    pop3_connections: int = CONNECTION_DEFAULTS["pop3"][1]
+    web_connections_per_client: int = CONNECTION_DEFAULTS["web"][0]
+    web_connections: int = CONNECTION_DEFAULTS["web"][1]
+    #: client networks not capped per client (still counted in the totals):
+    #: the host itself (monitoring, a local proxy in front of a tcp: web listener)
+    connection_limit_exempt: tuple = ("127.0.0.1/32", "::1/128")
+    #: IMAP sessions logged in to one mailbox at once (on this node)
+    imap_sessions_per_mailbox: int = 20
+    # -- message headers (SMTP DATA/BDAT, IMAP APPEND) --
+    max_header_bytes: int = 262144
+    max_header_fields: int = 1000
+    # -- idle timeouts, seconds (RFC minimums in TIMEOUT_MINIMUMS) --
+    smtp_command_timeout: int = 300
+    imap_login_timeout: int = 60
+    imap_idle_timeout: int = 1800
+    pop3_idle_timeout: int = 600
+    web_idle_timeout: int = 60
+    tls_handshake_timeout: int = 30
+
+    def connection_caps(self, listener):
+        """-> (per client address, in all) for a ``[listen]`` name."""
+        if listener not in CONNECTION_DEFAULTS:
+            return (50, 1000)   # operator-only listeners (metrics)
+        return (getattr(self, f"{listener}_connections_per_client"),
+                getattr(self, f"{listener}_connections"))
 
 
 @attrs.frozen
@@ -204,6 +261,39 @@ def _positive_int(text):
     return int(text)
 
 
+def _seconds(text):
+    """A duration: seconds, or a number with s, min (m) or h."""
+    m = re.fullmatch(r"\s*(\d+)\s*(s|sec|m|min|h)?\s*", text)
+    if not m:
+        raise ValidationError(f"'{text}' is not a duration (seconds, or e.g. 5min, 1h)")
+    return int(m.group(1)) * {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60,
+                              "h": 3600}[m.group(2)]
+
+
+def _timeout(key):
+    minimum = TIMEOUT_MINIMUMS[key]
+
+    def parse(text):
+        value = _seconds(text)
+        if value < minimum:
+            raise ValidationError(f"{value} s is below the minimum of {minimum} s")
+        return value
+    return parse
+
+
+def _networks(text):
+    """Addresses or networks (``192.0.2.0/24``, ``2001:db8::/32``), space-separated."""
+    out, bad = [], []
+    for word in text.split():
+        try:
+            out.append(str(ipaddress.ip_network(word, strict=False)))
+        except ValueError:
+            bad.append(f"'{word}' is not an IP address or network")
+    if bad:
+        raise ValidationError("; ".join(bad))
+    return tuple(out)
+
+
 def _score(text):
     try:
         value = float(text)
@@ -299,6 +389,14 @@ _SCHEMA = {
         "webmail_recipients_per_hour": (_positive_int, "100"),
         "spam_retention_days": (_positive_int, "60"),
         "inactive_delete_days": (_positive_int, "183"),
+        **{f"{name}_connections{suffix}": (_positive_int, str(default))
+           for name, caps in CONNECTION_DEFAULTS.items()
+           for suffix, default in (("_per_client", caps[0]), ("", caps[1]))},
+        "connection_limit_exempt": (_networks, "127.0.0.1 ::1"),
+        "imap_sessions_per_mailbox": (_positive_int, "20"),
+        "max_header_bytes": (_bytes, "262144"),
+        "max_header_fields": (_positive_int, "1000"),
+        **{key: (_timeout(key), str(getattr(Limits(), key))) for key in TIMEOUT_MINIMUMS},
     },
     "relay": {"smarthost": (_smarthost, "")},
     "clients": {"incoming_host": (_hostname, None), "outgoing_host": (_hostname, None)},

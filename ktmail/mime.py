@@ -1171,3 +1171,103 @@ def decode_body(data, encoding):
         except (ValueError, binascii.Error):
             return data
     return data
+
+
+# --- limits on the header section of incoming messages ------------------------------
+
+HEADER_TOO_BIG = "header-too-big"
+TOO_MANY_FIELDS = "too-many-header-fields"
+#: a line start longer than this without a colon is not a field name
+_MAX_FIELD_NAME = 256
+
+
+@attrs.frozen
+class HeaderLimits:
+    """How large the header section (RFC 5322 §2.1) of a message taken in
+    over SMTP or IMAP APPEND may be: ``max_bytes`` in all, ``max_fields``
+    header fields."""
+
+    max_bytes: int = 262144
+    max_fields: int = 1000
+
+
+class HeaderSectionCheck:
+    """Watches the start of a message as it streams in, piece by piece, and
+    names the first limit its header section breaks (``problem``). Keeps no
+    more than the start of the current line (at most a field name); stops
+    looking at the line that ends the header section: the empty line, or
+    a line that is neither a field nor a continuation (RFC 5322 §2.2)."""
+
+    def __init__(self, limits):
+        self.limits = limits
+        self.size = 0
+        self.fields = 0
+        self.done = False
+        self.problem = None
+        self._line_start = True
+        self._name = bytearray()   # the start of the current line, while it may be a name
+
+    def feed(self, data):
+        """-> the problem (HEADER_TOO_BIG, TOO_MANY_FIELDS) or None."""
+        pos, end = 0, len(data)
+        while pos < end and not self.done and self.problem is None:
+            if self._line_start or self._name:
+                pos = self._field_start(data, pos)
+                continue
+            newline = data.find(b"\n", pos)
+            stop = end if newline < 0 else newline + 1
+            self._count(stop - pos)
+            pos = stop
+            self._line_start = newline >= 0
+        return self.problem
+
+    def _field_start(self, data, pos):
+        if self._line_start:
+            self._line_start = False
+            first = data[pos:pos + 1]
+            if first in (b"\r", b"\n"):
+                self.done = True          # the empty line: the body follows
+                return pos
+            if first in (b" ", b"\t"):
+                return pos                # a continuation line
+        # collect the field name up to its colon
+        for i in range(pos, len(data)):
+            byte = data[i]
+            if byte == 0x3A and self._name:       # ":" ends a field name
+                self._count(i + 1 - pos)
+                self._name.clear()
+                self.fields += 1
+                if self.fields > self.limits.max_fields:
+                    self.problem = TOO_MANY_FIELDS
+                return i + 1
+            if not 33 <= byte <= 126 or len(self._name) >= _MAX_FIELD_NAME:
+                self.done = True          # not a header field: the body has begun
+                return i
+            self._name.append(byte)
+        self._count(len(data) - pos)
+        return len(data)
+
+    def _count(self, n):
+        self.size += n
+        if self.size > self.limits.max_bytes:
+            self.problem = HEADER_TOO_BIG
+
+
+def header_section_problem(source, limits):
+    """The HeaderSectionCheck problem of a whole message (a path or a binary
+    file object, read from its current position and put back), or None.
+    Reads no further than the header section and its limit."""
+    if isinstance(source, str) or hasattr(source, "__fspath__"):
+        with open(source, "rb") as f:
+            return header_section_problem(f, limits)
+    check = HeaderSectionCheck(limits)
+    start = source.tell()
+    try:
+        while not check.done and check.problem is None:
+            chunk = source.read(CHUNK)
+            if not chunk:
+                break
+            check.feed(chunk)
+    finally:
+        source.seek(start)
+    return check.problem

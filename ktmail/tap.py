@@ -7,6 +7,7 @@ A bad config stops start-up with one line per problem.
 """
 
 import os
+import signal
 import sys
 
 import attrs
@@ -14,12 +15,13 @@ from twisted.application import internet, service, strports
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.names import client as dns_client
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from ktmail import errors, proxy_protocol, tls
-from ktmail.config import ConfigError, load_config
+from ktmail.config import ConfigError, Limits, load_config
 from ktmail.errors import ValidationError
+from ktmail.mime import HeaderLimits
+from ktmail.protocols.admission import Admission, AdmissionFactory, AdmissionPolicy
 from ktmail.proxy_protocol import ProxyHeaderFactory
 from ktmail.protocols.pop3 import POP3Factory
 from ktmail.protocols.imap import IMAPFactory, ImapContext
@@ -194,22 +196,91 @@ def build_outbound(core, reactor, deliver_local=_local_delivery_unavailable):
     return queue, OutboundScheduler(queue, reactor)
 
 
-def listen(parent, reactor, config, name, factory, tls_context=None):
-    """Start ``factory`` on the ``[listen] name`` endpoint; ``ssl:`` entries
-    without their own key get the configured certificate."""
+@attrs.define
+class Listeners:
+    """What the daemon's listeners share with its operations: the TLS
+    contexts that SIGHUP reloads and the admissions that /metrics counts."""
+
+    #: tls.ReloadableServerContext of every TLS listener (and STARTTLS)
+    contexts: list = attrs.Factory(list)
+    #: listener name -> admission.Admission
+    admissions: dict = attrs.Factory(dict)
+
+    def add_context(self, context):
+        if context is not None and all(c is not context for c in self.contexts):
+            self.contexts.append(context)
+
+
+def listen(parent, reactor, config, name, factory, tls_context=None, listeners=None):
+    """Start ``factory`` on the ``[listen] name`` endpoint.
+
+    The stack, outside in: the PROXY header (``haproxy:``), the admission
+    caps of the listener, TLS (``ssl:``: with the configured certificate,
+    or the endpoint's own ``privateKey=``, always with ktmail's policy and
+    a handshake deadline), the protocol."""
+    listeners = listeners if listeners is not None else Listeners()
+    limits = getattr(config, "limits", None) or Limits()
     description = getattr(config.listen, name)
     # haproxy:... - the PROXY header comes first, before TLS and the protocol
     description, proxied = proxy_protocol.split_description(description)
-    plain = tls.as_plain_endpoint(description)
-    if plain is not None:
-        factory = TLSMemoryBIOFactory(tls_context, False, factory)
-        description = plain
+    description, own_tls = tls.split_tls(description)
+    refusal = getattr(factory, "refusal", None)
+    if own_tls is not False:
+        context = tls_context if own_tls is None else tls.server_context(own_tls)
+        listeners.add_context(context)
+        factory = tls.ServerTLSFactory(context, factory, reactor, limits.tls_handshake_timeout)
+        refusal = None   # nothing can be said before the handshake
+    per_client, total = limits.connection_caps(name)
+    admission = Admission(name, AdmissionPolicy(per_client, total,
+                                                limits.connection_limit_exempt))
+    listeners.admissions[name] = admission
+    factory = AdmissionFactory(factory, admission, reactor, refusal)
     if proxied:
         factory = ProxyHeaderFactory(factory, reactor)
     svc = strports.service(description, factory, reactor=reactor)
     svc.setName(f"listen-{name}")
     svc.setServiceParent(parent)
     return svc
+
+
+class CertificateReload(service.Service):
+    """SIGHUP reloads every TLS certificate (after a renewal): new
+    handshakes get the new one, open connections keep theirs; a file that
+    cannot be used leaves the old certificate in service."""
+
+    name = "certificate-reload"
+
+    def __init__(self, listeners, reactor):
+        self.listeners = listeners
+        self.reactor = reactor
+        self._previous = None
+
+    def startService(self):
+        service.Service.startService(self)
+        self._previous = signal.signal(
+            signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.reload))
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+
+    def reload(self):
+        """-> Deferred fired when every context was reloaded (or kept)."""
+        run = reactor_thread_runner(self.reactor)
+        done = []
+        for context in self.listeners.contexts:
+            d = run(context.load)
+            d.addCallback(lambda options, context=context: (
+                context.swap(options),
+                log.info("TLS certificate reloaded from {cert}: {what}",
+                         cert=context.tls_config.cert, what=context.describe())))
+            d.addErrback(lambda f, context=context: log.error(
+                "TLS certificate NOT reloaded, the old one stays in use: {why}",
+                why=f.getErrorMessage() if f.check(tls.CertificateError) else repr(f.value)))
+            done.append(d)
+        return defer.DeferredList(done)
 
 
 def add_folder_change_feed(parent, core, reactor):
@@ -252,24 +323,35 @@ def build_submission(config, core, reactor, outbound):
         clock=reactor)
 
 
-def listen_smtp(parent, reactor, config, core, tls_context, outbound, submission=None):
+def header_limits(limits):
+    return HeaderLimits(max_bytes=limits.max_header_bytes,
+                        max_fields=limits.max_header_fields)
+
+
+def listen_smtp(parent, reactor, config, core, tls_context, outbound, submission=None,
+                listeners=None):
     """The MX (``smtp``, STARTTLS with the configured certificate) and the
     submission (``submission``, implicit TLS; remote recipients go to the
     ``outbound`` queue) listeners."""
     delivery = core.delivery
+    limits = config.limits
     common = dict(hostname=config.hostname, clock=reactor, delivery=delivery,
-                  max_message_bytes=config.limits.max_message_bytes,
+                  max_message_bytes=limits.max_message_bytes,
                   reverse_dns=reverse_dns(reactor), postmaster_domain=config.domains[0],
-                  bounces=AfterDataBounces(outbound, delivery, config.hostname, reactor))
+                  bounces=AfterDataBounces(outbound, delivery, config.hostname, reactor),
+                  command_timeout=limits.smtp_command_timeout,
+                  header_limits=header_limits(limits))
     if config.listen.smtp:
+        if listeners is not None:
+            listeners.add_context(tls_context)   # STARTTLS
         listen(parent, reactor, config, "smtp",
-               InboundSMTPFactory(tls_context=tls_context, **common), tls_context)
+               InboundSMTPFactory(tls_context=tls_context, **common), tls_context, listeners)
     if config.listen.submission:
         submission = submission or build_submission(config, core, reactor, outbound)
         # implicit TLS comes from the listener; no STARTTLS inside it
         listen(parent, reactor, config, "submission",
                SubmissionSMTPFactory(auth=core.auth, submission=submission, **common),
-               tls_context)
+               tls_context, listeners)
 
 
 def makeService(options):
@@ -290,7 +372,16 @@ def makeService(options):
     for job in core.retention_jobs:
         job.service().setServiceParent(top)
     core.spam.pruning_service().setServiceParent(top)
-    tls_context = tls.server_context(config.tls) if config.tls else None
+    listeners = Listeners()
+    try:
+        tls_context = tls.server_context(config.tls) if config.tls else None
+        if tls_context is not None:
+            log.info("TLS certificate {cert}: {what}", cert=config.tls.cert,
+                     what=tls_context.describe())
+    except tls.CertificateError as e:
+        sys.stderr.write(f"{config.path}: {e}\n")
+        raise SystemExit(1)
+    CertificateReload(listeners, reactor).setServiceParent(top)
     _MailHousekeeping(core).setServiceParent(top)
     # changes made by ktmail-admin or other Maildir tools reach open sessions
     internet.TimerService(5, core.mailboxes.refresh_all).setServiceParent(top)
@@ -304,8 +395,12 @@ def makeService(options):
         imap = IMAPFactory(ImapContext(
             auth=core.auth, mailboxes=core.mailboxes, new_spool=core.delivery.new_spool,
             run_in_thread=reactor_thread_runner(reactor), clock=reactor,
-            max_message_bytes=config.limits.max_message_bytes))
-        listen(top, reactor, config, "imap", imap, tls_context)
+            max_message_bytes=config.limits.max_message_bytes,
+            sessions_per_mailbox=config.limits.imap_sessions_per_mailbox,
+            login_timeout=config.limits.imap_login_timeout,
+            idle_timeout=config.limits.imap_idle_timeout,
+            header_limits=header_limits(config.limits)))
+        listen(top, reactor, config, "imap", imap, tls_context, listeners)
     submission = build_submission(config, core, reactor, outbound_queue)
     if config.listen.web:
         web = build_root(config, reactor, core.accounts, core.auth, core.mail,
@@ -324,12 +419,17 @@ def makeService(options):
             reactor, reactor.getThreadPool(), uploads.sweep, reactor.seconds()).addErrback(
                 lambda f: log.failure("sweeping webmail uploads failed", f))
         ).setServiceParent(top)
-        listen(top, reactor, config, "web", make_site(web, config.limits), tls_context)
+        listen(top, reactor, config, "web",
+               make_site(web, config.limits, timeout=config.limits.web_idle_timeout),
+               tls_context, listeners)
 
     if config.listen.pop3:
         maildrops = MaildropService(core.mailboxes)
         listen(top, reactor, config, "pop3",
-               POP3Factory(core.auth, maildrops, reactor, config.hostname), tls_context)
+               POP3Factory(core.auth, maildrops, reactor, config.hostname,
+                           idle_timeout=config.limits.pop3_idle_timeout),
+               tls_context, listeners)
     if config.listen.smtp or config.listen.submission:
-        listen_smtp(top, reactor, config, core, tls_context, outbound_queue, submission)
+        listen_smtp(top, reactor, config, core, tls_context, outbound_queue, submission,
+                    listeners)
     return top

@@ -711,3 +711,9 @@ class POP3Factory(protocol.ServerFactory):
 
     def buildProtocol(self, addr):
         return self.protocol(self)
+
+    def refusal(self, per_client):
+        """RFC 2449 §8 / RFC 3206: an -ERR greeting, then the connection closes."""
+        text = (b"Too many connections from your address" if per_client
+                else b"The server is too busy")
+        return b"-ERR [SYS/TEMP] " + text + b"; try again later.\r\n"

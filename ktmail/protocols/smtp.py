@@ -38,7 +38,6 @@ Invariants:
 
 import base64
 import binascii
-import collections
 import datetime
 import email.utils
 import ipaddress
@@ -53,8 +52,8 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from ktmail import errors
+from ktmail.mime import HEADER_TOO_BIG, TOO_MANY_FIELDS, HeaderLimits, HeaderSectionCheck
 from ktmail.model import Address
-from ktmail.services.auth import client_key
 from ktmail.services.delivery import Envelope
 
 log = Logger()
@@ -375,16 +374,19 @@ class MessageWriter:
     chunks); ``close()`` ends the message. Refuses, without storing
     anything more: more than ``max_bytes`` (MESSAGE_TOO_BIG), a CR or LF
     that is not part of a CRLF (BARE_NEWLINE), a line over MAX_TEXT_LINE
-    (LINE_TOO_LONG); ``problem`` names the first one. The header block is
+    (LINE_TOO_LONG), a header section over ``header_limits``
+    (mime.HEADER_TOO_BIG, mime.TOO_MANY_FIELDS); ``problem`` names the
+    first one. The header block is
     kept until it is complete (or HEADER_CAPTURE bytes), then
     ``make_prefix(header_bytes)`` gives the lines written before it
     (Received:, and Message-ID:/Date: on submission); ``header_bytes`` is
     the start of the message as sent, at most HEADER_CAPTURE bytes."""
 
-    def __init__(self, spool, max_bytes, make_prefix):
+    def __init__(self, spool, max_bytes, make_prefix, header_limits=None):
         self.spool = spool
         self.max_bytes = max_bytes
         self.make_prefix = make_prefix
+        self._header_check = HeaderSectionCheck(header_limits or HeaderLimits())
         #: message bytes received (stored or not)
         self.size = 0
         self.problem = None
@@ -405,6 +407,10 @@ class MessageWriter:
             return self._refuse(BARE_NEWLINE)
         if not self._lines_ok(data):
             return self._refuse(LINE_TOO_LONG)
+        if not self._header_check.done:
+            problem = self._header_check.feed(data)
+            if problem is not None:
+                return self._refuse(problem)
         if self._head_done:
             self.spool.write(data)
         else:
@@ -540,6 +546,7 @@ class SMTPServer(smtp.ESMTP):
     def __init__(self, factory):
         smtp.ESMTP.__init__(self, chal={}, contextFactory=factory.tls_context)
         self.factory = factory
+        self.timeout = factory.command_timeout
         self.host = factory.hostname
         self.callLater = factory.clock.callLater   # TimeoutMixin's timer, on the injected clock
         self.client_ip = ""
@@ -556,7 +563,6 @@ class SMTPServer(smtp.ESMTP):
         self._helo = None
         self._esmtp = False
         self._secure = False       # TLS is up (implicit or after STARTTLS)
-        self._counted = None       # the factory's per-client key
         self._bdat_refusal = None
         self._txn = None
         self._reader = None
@@ -570,12 +576,6 @@ class SMTPServer(smtp.ESMTP):
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "") or ""
         self._secure = _is_tls(self.transport)
-        if not self.factory.session_started(self):
-            self._send(Reply(421, "4.7.0",
-                             f"{self.factory.hostname} Too many connections from your "
-                             "address; try again later."))
-            self._close()
-            return
         self.setTimeout(self.timeout)
         if self.factory.reverse_dns is not None and self.client_ip:
             d = defer.maybeDeferred(self.factory.reverse_dns, self.client_ip)
@@ -590,7 +590,6 @@ class SMTPServer(smtp.ESMTP):
         self.setTimeout(None)
         if self._txn is not None and self._txn.writer is not None:
             self._txn.writer.spool.discard()
-        self.factory.session_ended(self)
 
     def timeoutConnection(self):
         self._send(Reply(421, "4.4.2", f"{self.factory.hostname} Idle for too long; closing."))
@@ -619,7 +618,9 @@ class SMTPServer(smtp.ESMTP):
     def dataReceived(self, data):
         if self._closed:
             return
-        self.resetTimeout()
+        if self._mode in (DATA, BDAT):
+            # RFC 5321 §4.5.3.2.5: the clock runs between blocks of data
+            self.resetTimeout()
         self._buffer += data
         self._process()
         if self._paused and len(self._buffer) > INPUT_HIGH_WATER and not self._reading_paused:
@@ -671,6 +672,9 @@ class SMTPServer(smtp.ESMTP):
             return False
         line = self._buffer[self._offset:end]
         self._offset = end + 1
+        # RFC 5321 §4.5.3.2.7: a whole command within the timeout (a client
+        # that sends a byte a minute does not keep the session for ever)
+        self.resetTimeout()
         if line.endswith(b"\r"):
             line = line[:-1]
         if self._discarding_long_line or len(line) > self._line_limit():
@@ -898,7 +902,8 @@ class SMTPServer(smtp.ESMTP):
         except Exception as e:
             return to_smtp_reply(e, "data")
         txn.writer = MessageWriter(spool, self.factory.max_message_bytes,
-                                   lambda header_bytes: self._prefix(txn, header_bytes))
+                                   lambda header_bytes: self._prefix(txn, header_bytes),
+                                   self.factory.header_limits)
         return None
 
     def _prefix(self, txn, header_bytes):
@@ -994,6 +999,13 @@ class SMTPServer(smtp.ESMTP):
         if problem == MESSAGE_TOO_BIG:
             return Reply(552, "5.3.4", "Message too big: the limit is "
                                        f"{self.factory.max_message_bytes} bytes.")
+        limits = self.factory.header_limits
+        if problem == HEADER_TOO_BIG:
+            return Reply(552, "5.3.4", "Message refused: its header section is larger than "
+                                       f"{limits.max_bytes} bytes.")
+        if problem == TOO_MANY_FIELDS:
+            return Reply(552, "5.3.4", "Message refused: it has more than "
+                                       f"{limits.max_fields} header fields.")
         if problem == BARE_NEWLINE:
             return Reply(550, "5.6.0", "Message refused: it contains a bare CR or LF; lines "
                                        "must end with CRLF (RFC 5321 §2.3.8).")
@@ -1286,24 +1298,17 @@ class SubmissionSMTP(SMTPServer):
 # --- factories ------------------------------------------------------------------------
 
 
-def _is_loopback(address):
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
 class SMTPFactory(protocol.ServerFactory):
-    """Builds sessions; caps concurrent sessions per client address (its
-    /64 for IPv6; loopback excepted) and in total, answering the excess
-    with 421 4.7.0."""
+    """Builds sessions. How many connections a client may hold is the
+    listener's business (protocols/admission.py); ``refusal`` is what a
+    refused client is told."""
 
     protocol = None
     noisy = False
 
     def __init__(self, *, hostname, clock, max_message_bytes, delivery, tls_context=None,
-                 reverse_dns=None, postmaster_domain=None, bounces=None, max_per_client=20,
-                 max_sessions=1000):
+                 reverse_dns=None, postmaster_domain=None, bounces=None,
+                 command_timeout=IDLE_TIMEOUT, header_limits=None):
         self.hostname = hostname
         self.clock = clock
         self.max_message_bytes = max_message_bytes
@@ -1314,33 +1319,19 @@ class SMTPFactory(protocol.ServerFactory):
         self.postmaster_domain = postmaster_domain or hostname
         #: services.bounces.AfterDataBounces, for recipients that fail after DATA
         self.bounces = bounces
-        self.max_per_client = max_per_client
-        self.max_sessions = max_sessions
-        self.sessions = collections.Counter()
+        #: seconds a client has for each command (RFC 5321 §4.5.3.2: at least 300)
+        self.command_timeout = command_timeout
+        #: mime.HeaderLimits for the header section of each message
+        self.header_limits = header_limits or HeaderLimits()
 
     def buildProtocol(self, addr):
         return self.protocol(self)
 
-    def session_started(self, session):
-        key = client_key(session.client_ip)
-        # like Postfix's smtpd_client_event_limit_exceptions: the local host
-        # (monitoring, a local relay, load tests) is not capped per client
-        per_client_cap = not _is_loopback(session.client_ip)
-        if ((per_client_cap and self.sessions[key] >= self.max_per_client)
-                or sum(self.sessions.values()) >= self.max_sessions):
-            session._counted = None
-            return False
-        self.sessions[key] += 1
-        session._counted = key
-        return True
-
-    def session_ended(self, session):
-        key = getattr(session, "_counted", None)
-        if key is not None:
-            self.sessions[key] -= 1
-            if self.sessions[key] <= 0:
-                del self.sessions[key]
-            session._counted = None
+    def refusal(self, per_client):
+        """RFC 5321 §3.8: a 421 greeting, then the connection closes."""
+        text = ("Too many connections from your address; try again later." if per_client
+                else "Too busy; try again later.")
+        return Reply(421, "4.7.0", f"{self.hostname} {text}").encode()
 
 
 class InboundSMTPFactory(SMTPFactory):
@@ -1356,7 +1347,7 @@ class SubmissionSMTPFactory(SMTPFactory):
 
     protocol = SubmissionSMTP
 
-    def __init__(self, *, auth, submission, max_per_client=10, **kwargs):
-        super().__init__(max_per_client=max_per_client, **kwargs)
+    def __init__(self, *, auth, submission, **kwargs):
+        super().__init__(**kwargs)
         self.auth = auth
         self.submission = submission

@@ -19,7 +19,7 @@ Invariants:
   unless a page says otherwise; HSTS when the request came over TLS.
 """
 
-from twisted.web import server
+from twisted.web import http, server
 
 MiB = 1024 * 1024
 
@@ -109,11 +109,88 @@ class GuardedRequest(server.Request):
         super().process()
 
 
+#: while a request body arrives, at least this many bytes per ``timeOut``
+#: seconds (about 270 bytes/s with the default minute: any real link does
+#: far better; a "slow POST" trickling a byte a minute does not)
+MIN_BODY_BYTES_PER_PERIOD = 16 * 1024
+
+
+class GuardedChannel(http.HTTPChannel):
+    """An HTTPChannel that does not wait for ever on a slow client.
+
+    Twisted's channel resets its idle timer on every byte, so a client
+    sending a byte a minute (slowloris), or a request body a byte a minute,
+    would hold the connection for days. Here a request's head must be
+    complete within ``timeOut`` seconds of its first byte, and while its
+    body arrives each ``timeOut`` seconds must bring at least
+    MIN_BODY_BYTES_PER_PERIOD bytes; either failing aborts the connection.
+    Between requests Twisted's idle timer (``timeOut``) applies."""
+
+    _stall_timer = None
+    _reading_body = False
+    _body_bytes = 0
+
+    def dataReceived(self, data):
+        if self._reading_body:
+            self._body_bytes += len(data)
+        elif self._stall_timer is None and data and not self._handlingRequest:
+            self._arm(self._stalled)                # a head: a deadline from its first byte
+        super().dataReceived(data)
+
+    def allHeadersReceived(self):
+        self._disarm()
+        super().allHeadersReceived()
+        if self.length != 0 and self.transport is not None and not self._handlingRequest:
+            self._reading_body = True               # length N, or None when chunked
+            self._body_bytes = 0
+            self._arm(self._body_check)
+
+    def allContentReceived(self):
+        self._reading_body = False
+        self._disarm()
+        super().allContentReceived()
+
+    def connectionLost(self, reason):
+        self._reading_body = False
+        self._disarm()
+        super().connectionLost(reason)
+
+    def _arm(self, what):
+        self._disarm()
+        if self.timeOut:
+            self._stall_timer = self.callLater(self.timeOut, what)
+
+    def _disarm(self):
+        if self._stall_timer is not None:
+            if self._stall_timer.active():
+                self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _body_check(self):
+        self._stall_timer = None
+        if self._body_bytes < MIN_BODY_BYTES_PER_PERIOD:
+            return self._stalled()
+        self._body_bytes = 0
+        self._arm(self._body_check)
+
+    def _stalled(self):
+        self._stall_timer = None
+        self._reading_body = False
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
 class GuardedSite(server.Site):
-    """``Site`` with the body limits of GuardedRequest and no tracebacks."""
+    """``Site`` with the body limits of GuardedRequest, the timers of
+    GuardedChannel and no tracebacks."""
 
     requestFactory = GuardedRequest
     displayTracebacks = False
+
+    def protocol(self):
+        # Twisted's own factory (_genericHTTPChannelProtocolFactory), with
+        # our channel: the wrapper negotiates HTTP/2 where available
+        return http._GenericHTTPChannelProtocol(GuardedChannel())
 
     def __init__(self, resource, *, form_limit=2 * MiB, upload_limit=51 * MiB,
                  upload_prefixes=(), max_uploads=20, **kwargs):
@@ -131,3 +208,14 @@ class GuardedSite(server.Site):
 
     def upload_done(self, result=None):
         self.active_uploads -= 1
+
+    def refusal(self, per_client):
+        """A 503 answer for a connection the listener does not admit."""
+        body = (b"Too many connections from your address; try again in a minute.\n"
+                if per_client else b"The server is too busy; try again in a minute.\n")
+        head = [b"HTTP/1.1 503 Service Unavailable",
+                b"Content-Type: text/plain; charset=utf-8",
+                b"Content-Length: %d" % len(body),
+                b"Retry-After: 60",
+                b"Connection: close"]
+        return b"\r\n".join(head) + b"\r\n\r\n" + body

@@ -213,7 +213,7 @@ class IMAPHarness:
     """Services wired like the daemon, over an in-memory (or Maildir) store."""
 
     def __init__(self, testcase, maildir=False, quota_bytes=1048576000,
-                 max_message_bytes=52428800):
+                 max_message_bytes=52428800, **context_options):
         self.testcase = testcase
         self.clock = task.Clock()
         self.clock.advance(START)
@@ -241,7 +241,7 @@ class IMAPHarness:
         self.context = ImapContext(
             auth=self.auth, mailboxes=self.mailboxes, new_spool=self.new_spool,
             run_in_thread=inline, clock=self.clock, max_message_bytes=max_message_bytes,
-            turn=lambda: defer.succeed(None))
+            turn=lambda: defer.succeed(None), **context_options)
         self.factory = IMAPFactory(self.context)
 
     def new_spool(self):

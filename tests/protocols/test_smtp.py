@@ -12,6 +12,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from ktmail import errors
+from ktmail.mime import HeaderLimits
 from ktmail.model import Address
 from ktmail.protocols import smtp
 from tests.protocols.fakes import (
@@ -766,28 +767,58 @@ class Limits(MXTestCase):
         self.clock.advance(301)
         s.expect("421 4.4.2")
 
-    def test_connections_per_client(self):
-        """More than max_per_client sessions from one address: 421 4.7.0;
-        other addresses and later sessions are unaffected."""
-        self.factory.max_per_client = 2
-        first, second = self.session(), self.session()
-        third = SMTPTranscript(self, self.factory, greet=False)
-        third.expect("421 4.7.0")
-        self.assertTrue(third.closed)
-        third.protocol.connectionLost(None)
-        SMTPTranscript(self, self.factory, peer="198.51.100.1")
-        first.protocol.connectionLost(None)
-        self.session().send("NOOP").expect("250")
-        self.assertTrue(second)
+    def test_a_byte_a_minute_does_not_keep_the_session(self):
+        """RFC 5321 §4.5.3.2.7: the 5 minutes are for a whole command; a
+        client trickling a byte a minute (slowloris) is cut off at 5
+        minutes all the same."""
+        s = self.greeted()
+        for byte in b"NOOP":
+            s.send_raw(bytes([byte]))
+            self.clock.advance(60)
+        self.assertFalse(s.closed)
+        self.clock.advance(61)
+        s.expect("421 4.4.2")
+        self.assertTrue(s.closed)
 
-    def test_loopback_is_not_capped_per_client(self):
-        """The local host (monitoring, load tests) is exempt from the
-        per-client cap, not from the total cap."""
-        self.factory.max_per_client = 1
-        self.factory.max_sessions = 3
-        for _ in range(3):
-            SMTPTranscript(self, self.factory, peer="127.0.0.1")
-        SMTPTranscript(self, self.factory, peer="127.0.0.1", greet=False).expect("421 4.7.0")
+    def test_data_keeps_the_session_while_it_flows(self):
+        """During DATA every block of bytes restarts the clock (RFC 5321
+        §4.5.3.2.5): a slow but moving upload is not cut off."""
+        s = self.greeted()
+        s.send("MAIL FROM:<f@example.org>").expect("250")
+        s.send("RCPT TO:<alice@brev.fi>").expect("250")
+        s.send("DATA").expect("354")
+        for _ in range(10):
+            s.send_raw(b"Subject: slow\r\n")
+            self.clock.advance(200)
+        self.assertFalse(s.closed)
+        s.send_raw(b"\r\nbody\r\n.\r\n").expect("250")
+
+    def test_refusal_greeting(self):
+        """What a client over the listener's connection cap is told, before
+        the connection closes: 421 4.7.0 (RFC 5321 §3.8)."""
+        self.assertEqual(self.factory.refusal(True),
+                         b"421 4.7.0 mx.example.test Too many connections from your address; "
+                         b"try again later.\r\n")
+        self.assertTrue(self.factory.refusal(False).startswith(b"421 4.7.0 "))
+
+    def test_header_section_limits(self):
+        """A message whose header section is over max_header_bytes, or has
+        more than max_header_fields fields, is refused with 552 5.3.4 and
+        not stored; a big body under a small header is fine."""
+        self.factory = inbound_factory(self.delivery, self.clock,
+                                       header_limits=HeaderLimits(max_bytes=4096, max_fields=50))
+        s = self.greeted()
+        many = "".join(f"X-Field-{i}: {i}\r\n" for i in range(51)) + "\r\nbody\r\n"
+        s.message("f@example.org", ["alice@brev.fi"], many).expect("552 5.3.4")
+        self.assertIn("more than 50 header fields", s.last)
+        big = "Subject: " + "x" * 5000 + "\r\n\r\nbody\r\n"
+        s.message("f@example.org", ["alice@brev.fi"], big).expect("552 5.3.4")
+        self.assertIn("larger than 4096 bytes", s.last)
+        folded = "Subject: a\r\n" + " folded\r\n" * 500 + "\r\nbody\r\n"
+        s.message("f@example.org", ["alice@brev.fi"], folded).expect("552 5.3.4")
+        fine = "Subject: fine\r\n\r\n" + "a body line\r\n" * 10000
+        s.message("f@example.org", ["alice@brev.fi"], fine).expect("250 2.0.0")
+        self.assertEqual(len(self.delivery.delivered), 1)
 
     def test_bad_commands_disconnect(self):
         """Twenty unknown or malformed commands end the session with 421."""

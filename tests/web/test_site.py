@@ -162,3 +162,54 @@ class HeaderAndErrorTests(unittest.TestCase):
         """A 3 MiB form body to the portal is answered 413."""
         page = self.browser.post("/admin/login", {"login": "x" * (3 * MiB), "password": "y"})
         self.assertEqual(page.status, 413)
+
+
+class SlowClientTests(unittest.TestCase):
+    """GuardedChannel: a client that trickles its request is cut off."""
+
+    def connect(self):
+        site = GuardedSite(Echo(), timeout=60)
+        clock = task.Clock()
+        site.reactor = clock
+        transport = StringTransport()
+        channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1234))
+        channel.makeConnection(transport)
+        return clock, channel, transport
+
+    def test_a_request_head_a_byte_at_a_time(self):
+        """Slowloris: a request head must be complete within the timeout
+        of its first byte, however steadily its bytes come."""
+        clock, channel, transport = self.connect()
+        for byte in b"GET / HTTP/1.1\r\nHost: exa":
+            channel.dataReceived(bytes([byte]))
+            clock.advance(2)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(10)
+        self.assertTrue(transport.disconnected)
+
+    def test_a_slow_body(self):
+        """A body that brings less than MIN_BODY_BYTES_PER_PERIOD a minute
+        ends the connection; a steady one is read."""
+        clock, channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                             b"Content-Length: 100000\r\n\r\n")
+        channel.dataReceived(b"x" * 100)
+        clock.advance(61)
+        self.assertTrue(transport.disconnected)
+
+    def test_a_steady_body_and_keep_alive(self):
+        """A body arriving at a real-world pace is read to the end; the next
+        request on the same connection works."""
+        clock, channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                             b"Content-Length: 60000\r\n\r\n")
+        for _ in range(3):
+            clock.advance(50)
+            channel.dataReceived(b"x" * 20000)
+        self.assertIn(b"size=60000", transport.value())
+        self.assertFalse(transport.disconnecting)
+        clock.advance(30)
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz")
+        self.assertIn(b"size=1", transport.value())
+        clock.advance(59)
+        self.assertFalse(transport.disconnecting)

@@ -27,6 +27,7 @@ Invariants:
 """
 
 import base64
+import collections
 import inspect
 import io
 import re
@@ -38,7 +39,7 @@ from twisted.mail import imap4
 from zope.interface import implementer
 
 import ktmail
-from ktmail import errors
+from ktmail import errors, mime
 from ktmail.model import FLAGS_ADD, INBOX, SEEN, SEPARATOR, normalize_folder_name
 from ktmail.protocols.imap import fetch, parser, wire
 from ktmail.protocols.imap.mailbox import ImapAccount, keyword_flags, pattern_matcher
@@ -93,6 +94,13 @@ class ImapContext:
     clock: object
     max_message_bytes: int = 52428800
     turn: object = None
+    #: IMAP sessions logged in to one mailbox at once (the IMAPFactory counts)
+    sessions_per_mailbox: int = 20
+    #: seconds of silence before login, and once logged in (RFC 3501 §5.4: >= 30 min)
+    login_timeout: int = 60
+    idle_timeout: int = 30 * 60
+    #: the header section an APPENDed message may have
+    header_limits: mime.HeaderLimits = mime.HeaderLimits()
 
     def next_turn(self):
         if self.turn is not None:
@@ -334,6 +342,9 @@ class IMAPServer(imap4.IMAP4Server):
         super().__init__(chal={}, contextFactory=None)
         self.context = context
         self.callLater = context.clock.callLater
+        self.timeOut = context.login_timeout
+        self.POSTAUTH_TIMEOUT = context.idle_timeout
+        self._session_counted = False
         self.selected = None
         self.mailbox = None
         self.peer = ""
@@ -363,6 +374,9 @@ class IMAPServer(imap4.IMAP4Server):
 
     def connectionLost(self, reason):
         self._gone = True
+        if self._session_counted:
+            self._session_counted = False
+            self.factory.session_ended(self.mailbox)
         self._gate.stopProducing()
         self._deselect()
         if self._literal is not None:
@@ -725,6 +739,7 @@ class IMAPServer(imap4.IMAP4Server):
             (errors.ValidationError, b"[CANNOT] "),
             (errors.QuotaExceeded, b"[OVERQUOTA] "),
             (errors.TooBig, b"[TOOBIG] "),
+            (errors.LimitReached, b"[LIMIT] "),
             (errors.AuthFailed, b"[AUTHENTICATIONFAILED] "),
             (errors.LoginThrottled, b"[UNAVAILABLE] "),
             (errors.StoreUnavailable, b"[UNAVAILABLE] "),
@@ -826,6 +841,14 @@ class IMAPServer(imap4.IMAP4Server):
             return
         if self._gone:
             return
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            if not factory.session_started(mailbox):
+                self._answer(tag, b"NO", b"[LIMIT] Too many IMAP sessions are open for this "
+                             b"mailbox (%d); close the mail program on another device, or "
+                             b"let it use fewer connections." % self.context.sessions_per_mailbox)
+                return
+            self._session_counted = True
         self.mailbox = mailbox
         self.account = ImapAccount(self.context.mailboxes, mailbox)
         self.state = "auth"
@@ -1019,11 +1042,21 @@ class IMAPServer(imap4.IMAP4Server):
         name, flags, date, literal = arguments
         if literal.size > self.context.max_message_bytes:
             raise errors.TooBig()
+        limits = self.context.header_limits
         if literal.spool is not None:
             await literal.spool.finish()
             source = literal.spool.path
+            problem = await self.context.run_in_thread(mime.header_section_problem,
+                                                       source, limits)
         else:
             source = io.BytesIO(literal.data)
+            problem = mime.header_section_problem(source, limits)
+        if problem == mime.HEADER_TOO_BIG:
+            raise errors.LimitReached(f"The message's header section is larger than "
+                                      f"{limits.max_bytes} bytes.")
+        if problem == mime.TOO_MANY_FIELDS:
+            raise errors.LimitReached(f"The message has more than {limits.max_fields} "
+                                      "header fields.")
         stored = await self.account.append(name, source, [f for f in flags
                                                           if f != "\\Recent"], date)
         await self._quota_alert()
@@ -1504,8 +1537,28 @@ class IMAPFactory(protocol.Factory):
 
     def __init__(self, context):
         self.context = context
+        #: mailbox id -> sessions logged in to it
+        self.sessions = collections.Counter()
 
     def buildProtocol(self, addr):
         server = IMAPServer(self.context)
         server.factory = self
         return server
+
+    def session_started(self, mailbox):
+        """Count a login -> False when the mailbox has its fill of sessions."""
+        if self.sessions[mailbox.id] >= self.context.sessions_per_mailbox:
+            return False
+        self.sessions[mailbox.id] += 1
+        return True
+
+    def session_ended(self, mailbox):
+        self.sessions[mailbox.id] -= 1
+        if self.sessions[mailbox.id] <= 0:
+            del self.sessions[mailbox.id]
+
+    def refusal(self, per_client):
+        """RFC 3501 §7.1.5: a BYE greeting, then the connection closes."""
+        text = (b"Too many connections from your address" if per_client
+                else b"The server is too busy")
+        return b"* BYE [UNAVAILABLE] " + text + b"; try again later.\r\n"
