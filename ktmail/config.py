@@ -32,7 +32,9 @@ class ConfigError(Exception):
 
     def __init__(self, path, problems):
         self.path = path
-        self.problems = list(problems)
+        # one line each, even when a value spans lines (an indented
+        # continuation line in the ini)
+        self.problems = [p.replace("\r", "\\r").replace("\n", "\\n") for p in problems]
         super().__init__(self.summary())
 
     def summary(self):

@@ -2,9 +2,14 @@
 
 import os
 
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from ktmail.config import DEFAULT_DOMAINS, ConfigError, load_config, parse_config
+from ktmail.config import DEFAULT_DOMAINS, ConfigError, Limits, load_config, parse_config
+
+_LIMIT_KEYS = set(attrs.fields_dict(Limits))
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"
@@ -219,3 +224,76 @@ class DatabaseConfigTests(unittest.TestCase):
         config = parse_config(
             PLAIN + "[store]\ndatabase = postgresql:///ktmail?host=/run/postgresql\n")
         self.assertTrue(config.database_config.is_postgresql)
+
+
+class ConfigFuzzTests(unittest.TestCase):
+    """Whatever the file says, the loader either returns a Config or raises
+    ConfigError whose every line names what is wrong; nothing else."""
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.dir, "certs"))
+        for name, text in (("server.pem", CERT), ("server.key", KEY)):
+            with open(os.path.join(self.dir, "certs", name), "w") as f:
+                f.write(text)
+        self.path = os.path.join(self.dir, "ktmail.ini")
+
+    def load(self, text):
+        try:
+            return parse_config(text, self.path)
+        except ConfigError as e:
+            self.assertTrue(e.problems)
+            for line in e.problems:
+                self.assertNotIn("\n", line)
+                self.assertRegex(line, r"^(\[.*\]: |\S+\.\S.*?: |not a valid ini file)", line)
+            return None
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from([
+        "=", ":", "[", "]", "\n", ";", "#", " ", "\t", "%(x)s", "\\", "\x00", "é", "ssl:",
+        "tcp:99999", "haproxy:", "50MiB", "-1", "0", "1e9", "nan", "[limits]\n", "[listen]\n",
+        "imap_idle_timeout = 1\n", "connection_limit_exempt = 10.0.0.0/33\n",
+        "max_header_bytes = 1kb\n", "database = postgresql://u:secret@/\n", "[store]\n",
+        "[spam_scores]\nX = 1\n", "tls_cert = /nonexistent\n"])), max_size=12))
+    def test_mutated_spec_example(self, edits):
+        """The SPEC example with pieces inserted anywhere."""
+        text = SPEC_EXAMPLE
+        for position, piece in edits:
+            at = position % (len(text) + 1)
+            text = text[:at] + piece + text[at:]
+        config = self.load(text)
+        if config is not None:
+            self.assertTrue(config.hostname)
+            self.assertNotIn("secret", repr(config))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(max_size=400))
+    def test_random_text(self, text):
+        """Any text at all."""
+        self.load(text)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.sampled_from(sorted(_LIMIT_KEYS)), st.text(max_size=30))
+    def test_any_limit_value(self, key, value):
+        """Every [limits] key with any value: a Config whose value is sane,
+        or one line naming limits.<key>."""
+        text = SPEC_EXAMPLE.replace("[limits]\n", f"[limits]\n{key} = {value}\n")
+        try:
+            config = parse_config(text, self.path)
+        except ConfigError as e:
+            self.assertTrue(all(p.startswith(("limits.", "not a valid ini file"))
+                                for p in e.problems), e.problems)
+            return
+        parsed = getattr(config.limits, key)
+        if isinstance(parsed, int):
+            self.assertGreater(parsed, 0)
+
+    def test_regression_multi_line_value_is_reported_on_one_line(self):
+        """Found by the fuzzer: a value continued on an indented line was
+        quoted with its line break, splitting the problem over two lines."""
+        text = SPEC_EXAMPLE.replace("hostname = mail.ktnet.fi",
+                                    "hostname = mail.ktnet.fi\n  greeting")
+        with self.assertRaises(ConfigError) as ctx:
+            parse_config(text, self.path)
+        self.assertEqual(ctx.exception.problems,
+                         ["ktmail.hostname: 'mail.ktnet.fi\\ngreeting' is not a host name"])
