@@ -1241,7 +1241,8 @@ class HeaderSectionCheck:
                     self.problem = TOO_MANY_FIELDS
                 return i + 1
             if not 33 <= byte <= 126 or len(self._name) >= _MAX_FIELD_NAME:
-                self.done = True          # not a header field: the body has begun
+                self._count(i - pos)
+                self.done = self.problem is None   # not a header field: the body has begun
                 return i
             self._name.append(byte)
         self._count(len(data) - pos)

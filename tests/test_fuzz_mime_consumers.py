@@ -116,3 +116,16 @@ class HeaderSectionCheckFuzz(unittest.TestCase):
             self.assertLessEqual(whole.size, max_bytes)
             self.assertLessEqual(whole.fields, max_fields)
         self.assertEqual(mime.header_section_problem(io.BytesIO(data), limits), whole.problem)
+
+    def test_regression_partial_name_then_body(self):
+        """Found by the fuzzer: a line start that turns out not to be a field
+        name was counted when cut after its first byte and not when fed
+        whole."""
+        limits = mime.HeaderLimits()
+        whole = mime.HeaderSectionCheck(limits)
+        whole.feed(b"a\x00rest")
+        pieces = mime.HeaderSectionCheck(limits)
+        pieces.feed(b"a")
+        pieces.feed(b"\x00rest")
+        self.assertEqual((whole.size, whole.done), (pieces.size, pieces.done))
+        self.assertEqual(whole.size, 1)
