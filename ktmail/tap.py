@@ -22,19 +22,19 @@ from ktmail.config import ConfigError, Limits, load_config
 from ktmail.errors import ValidationError
 from ktmail.mime import HeaderLimits
 from ktmail.protocols.admission import Admission, AdmissionFactory, AdmissionPolicy
-from ktmail.proxy_protocol import ProxyHeaderFactory
+from ktmail.protocols.imap import ImapContext, IMAPFactory
 from ktmail.protocols.pop3 import POP3Factory
-from ktmail.protocols.imap import IMAPFactory, ImapContext
 from ktmail.protocols.reverse_dns import ReverseDNS
 from ktmail.protocols.smtp import InboundSMTPFactory, SubmissionSMTPFactory
 from ktmail.protocols.smtp_client import SMTPDeliveryClient, tcp_endpoint_factory
+from ktmail.proxy_protocol import ProxyHeaderFactory
 from ktmail.services.accounts import AccountService
 from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher
 from ktmail.services.bounces import AfterDataBounces
 from ktmail.services.delivery import DeliveryService
 from ktmail.services.dkim import DkimSigner
-from ktmail.services.maildrop import MaildropService
 from ktmail.services.mailboxes import MailboxService
+from ktmail.services.maildrop import MaildropService
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
 from ktmail.services.retention import InactivityJob, InactivityPolicy, SpamExpiryJob
 from ktmail.services.routing import MXRouter
@@ -230,6 +230,7 @@ def listen(parent, reactor, config, name, factory, tls_context=None, listeners=N
         listeners.add_context(context)
         factory = tls.ServerTLSFactory(context, factory, reactor, limits.tls_handshake_timeout)
         refusal = None   # nothing can be said before the handshake
+    description = with_backlog(description)
     per_client, total = limits.connection_caps(name)
     admission = Admission(name, AdmissionPolicy(per_client, total,
                                                 limits.connection_limit_exempt))
@@ -241,6 +242,21 @@ def listen(parent, reactor, config, name, factory, tls_context=None, listeners=N
     svc.setName(f"listen-{name}")
     svc.setServiceParent(parent)
     return svc
+
+
+#: connections the kernel queues for a listener before the daemon accepts
+#: them (Twisted's default, 50, drops SYNs in a burst of reconnecting
+#: clients or a flood: each dropped one costs its client a second)
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description):
+    """A ``tcp:``/``tcp6:``/``unix:`` description with ``backlog=`` set, if
+    it says none."""
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "unix") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
 
 
 class CertificateReload(service.Service):

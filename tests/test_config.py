@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from ktmail.config import DEFAULT_DOMAINS, ConfigError, Limits, load_config, parse_config
+from ktmail.config import (
+    DEFAULT_DOMAINS,
+    ConfigError,
+    Limits,
+    load_config,
+    parse_config,
+)
 
 _LIMIT_KEYS = set(attrs.fields_dict(Limits))
 

@@ -52,7 +52,12 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from ktmail import errors
-from ktmail.mime import HEADER_TOO_BIG, TOO_MANY_FIELDS, HeaderLimits, HeaderSectionCheck
+from ktmail.mime import (
+    HEADER_TOO_BIG,
+    TOO_MANY_FIELDS,
+    HeaderLimits,
+    HeaderSectionCheck,
+)
 from ktmail.model import Address
 from ktmail.services.delivery import Envelope
 

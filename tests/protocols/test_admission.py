@@ -14,7 +14,7 @@ from ktmail.protocols.admission import (
     AdmissionFactory,
     AdmissionPolicy,
 )
-from ktmail.protocols.imap.server import IMAPFactory, ImapContext
+from ktmail.protocols.imap.server import ImapContext, IMAPFactory
 from ktmail.protocols.pop3 import POP3Factory
 from ktmail.web.site import GuardedSite
 from tests.protocols.fakes import inbound_factory
