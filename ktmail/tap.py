@@ -7,13 +7,14 @@ A bad config stops start-up with one line per problem.
 """
 
 import os
+import resource
 import signal
 import sys
 
 import attrs
 from twisted.application import internet, service, strports
 from twisted.internet import defer, threads
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.names import client as dns_client
 from twisted.python import usage
 
@@ -35,6 +36,7 @@ from ktmail.services.delivery import DeliveryService
 from ktmail.services.dkim import DkimSigner
 from ktmail.services.mailboxes import MailboxService
 from ktmail.services.maildrop import MaildropService
+from ktmail.services.metrics import EventCounters, MetricsReport, QuotaSurvey
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
 from ktmail.services.retention import InactivityJob, InactivityPolicy, SpamExpiryJob
 from ktmail.services.routing import MXRouter
@@ -48,6 +50,7 @@ from ktmail.store.maildir import MaildirStore
 from ktmail.store.queue import DiskQueueStore
 from ktmail.store.sqlite import ThreadRunner
 from ktmail.web.app import build_root, make_site
+from ktmail.web.metrics import make_metrics_site
 from ktmail.web.sessions import MAILBOX
 
 log = Logger()
@@ -370,10 +373,84 @@ def listen_smtp(parent, reactor, config, core, tls_context, outbound, submission
                tls_context, listeners)
 
 
+class EventCounting(service.Service):
+    """Counts the structured log events (for /metrics) while the daemon runs."""
+
+    def __init__(self, counters):
+        self.counters = counters
+
+    def startService(self):
+        service.Service.startService(self)
+        globalLogPublisher.addObserver(self.counters)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        globalLogPublisher.removeObserver(self.counters)
+
+
+def process_stats():
+    """Open file descriptors, their limit and resident memory, from /proc."""
+    try:
+        open_fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_fds = 0
+    try:
+        with open("/proc/self/statm") as f:
+            resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        resident = 0
+    return {"open_fds": open_fds, "max_fds": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            "resident_bytes": resident}
+
+
+def add_metrics(top, reactor, config, core, listeners, tls_context):
+    """Event counting and the quota survey always (cheap); the ``metrics``
+    listener when configured."""
+    counters = EventCounters()
+    EventCounting(counters).setServiceParent(top)
+    survey = QuotaSurvey(list_mailboxes=lambda: core.accounts.list_mailboxes(None),
+                         usage=core.mail.usage, clock=reactor)
+    if not config.listen.metrics:
+        return None
+    internet.TimerService(300, survey.run).setServiceParent(top)
+    report = MetricsReport(
+        counters=counters,
+        connections=lambda: {name: a.open for name, a in listeners.admissions.items()
+                             if name != "metrics"},
+        queue_entries=core.queue_store.list_entries, survey=survey, process=process_stats,
+        clock=reactor, started=reactor.seconds())
+    listen(top, reactor, config, "metrics", make_metrics_site(report), tls_context, listeners)
+    return report
+
+
+def raise_file_limit():
+    """Up to the hard limit: every connection is a file descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 65536)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def check_file_limit(config):
+    """Warn when the listeners' connection caps can exceed the descriptors."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    caps = sum(config.limits.connection_caps(name)[1]
+               for name, description in config.listen.enabled() if name != "metrics")
+    if caps + 200 > soft:
+        log.warn("the connection caps ([limits] *_connections, {caps} in all) exceed the "
+                 "file descriptor limit ({soft}); raise LimitNOFILE (ulimit -n) or lower "
+                 "the caps", caps=caps, soft=soft)
+
+
 def makeService(options):
     from twisted.internet import reactor
 
     config = options["loaded"]
+    raise_file_limit()
     # hosts file + cache + the resolvers of /etc/resolv.conf, on the global reactor
     resolver = TwistedNamesResolver(dns_client.createResolver())
     try:
@@ -448,4 +525,6 @@ def makeService(options):
     if config.listen.smtp or config.listen.submission:
         listen_smtp(top, reactor, config, core, tls_context, outbound_queue, submission,
                     listeners)
+    add_metrics(top, reactor, config, core, listeners, tls_context)
+    check_file_limit(config)
     return top

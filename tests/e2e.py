@@ -91,7 +91,7 @@ class KtmailDaemon:
 
     hostname = "mail.example.test"
 
-    def __init__(self, root, listeners=LISTENERS, limits=None, extra_config=""):
+    def __init__(self, root, listeners=LISTENERS, limits=None, extra_config="", twistd_args=()):
         self.root = os.path.abspath(root)
         os.makedirs(self.root, exist_ok=True)
         self.cert, self.key = make_certificate(os.path.join(self.root, "certs"))
@@ -100,15 +100,17 @@ class KtmailDaemon:
         self.log = os.path.join(self.root, "twistd.log")
         self.config = os.path.join(self.root, "ktmail.ini")
         self.proc = None
+        #: options between ``twistd`` and ``ktmail`` (e.g. --logger ...)
+        self.twistd_args = tuple(twistd_args)
         #: customers added through this object
         self.customers = set()
         endpoints = {
             "smtp": "tcp:{}:interface=127.0.0.1", "submission": "ssl:{}:interface=127.0.0.1",
             "imap": "ssl:{}:interface=127.0.0.1", "pop3": "ssl:{}:interface=127.0.0.1",
-            "web": "tcp:{}:interface=127.0.0.1"}
+            "web": "tcp:{}:interface=127.0.0.1", "metrics": "tcp:{}:interface=127.0.0.1"}
         listen = "\n".join(f"{name} = {endpoints[name].format(self.ports[name])}"
                            if name in self.ports else f"{name} ="
-                           for name in LISTENERS)
+                           for name in LISTENERS + ("metrics",))
         limit_lines = "\n".join(f"{k} = {v}" for k, v in (limits or {}).items())
         with open(self.config, "w", encoding="utf-8") as f:
             f.write(f"[ktmail]\nhostname = {self.hostname}\ndata_dir = var\n"
@@ -124,7 +126,8 @@ class KtmailDaemon:
         """Start twistd and wait until every listener accepts connections."""
         logfile = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "ktmail", "--config", self.config],
+            [os.path.join(BIN, "twistd"), "-n", "--pidfile=", *self.twistd_args, "ktmail",
+             "--config", self.config],
             cwd=self.root, stdout=logfile, stderr=subprocess.STDOUT)
         logfile.close()
         deadline = time.monotonic() + timeout

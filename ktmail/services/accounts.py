@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from ktmail import errors
 from ktmail.model import (Address, check_password, normalize_domain, normalize_local_part,
                           normalize_username)
-from ktmail.services import deferred
+from ktmail.services import deferred, events
 
 log = Logger()
 
@@ -136,9 +136,10 @@ class AccountService:
         await self.audit.add_audit(self.clock.seconds(), actor, "mailbox.remove",
                                    mailbox.username, " ".join(
                                        p for p in (str(mailbox.address), reason) if p))
-        log.info("mailbox {username} <{address}> removed by {actor} {reason}",
-                 username=mailbox.username, address=str(mailbox.address), actor=actor,
-                 reason=reason)
+        log.info("mailbox {mailbox} <{address}> removed by {actor} {why}",
+                 ktmail_event=events.DELETION, what="mailbox", mailbox=mailbox.username,
+                 folder=None, count=None, reason="removed", address=str(mailbox.address),
+                 actor=actor, why=reason)
 
     @deferred
     async def set_mailbox_password(self, username, password, actor):

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from ktmail import errors
 from ktmail.model import MAX_PASSWORD_BYTES
-from ktmail.services import deferred
+from ktmail.services import deferred, events
 from ktmail.services.ratelimit import SlidingWindowLimiter, Window
 
 log = Logger()
@@ -129,7 +129,13 @@ class AuthService:
 
     async def _attempt(self, kind, name, password, address, protocol, lookup):
         name = (name or "").strip().lower()
-        await self.throttle.check(name, address)
+        try:
+            await self.throttle.check(name, address)
+        except errors.LoginThrottled:
+            log.info("login refused (too many failures): {kind} {username!r} from {client} "
+                     "over {protocol}", ktmail_event=events.LOGIN, kind=kind, username=name,
+                     client=address, protocol=protocol, outcome="throttled")
+            raise
         if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
             found, password_hash = None, None
         else:
@@ -140,8 +146,9 @@ class AuthService:
         ok = await self.hasher.verify(password_hash, password)
         if not (ok and found is not None):
             await self.throttle.failed(name, address)
-            log.info("login failed: {kind} {name!r} from {address} over {protocol}",
-                     kind=kind, name=name, address=address, protocol=protocol)
+            log.info("login failed: {kind} {username!r} from {client} over {protocol}",
+                     ktmail_event=events.LOGIN, kind=kind, username=name, client=address,
+                     protocol=protocol, outcome="failed")
             delay = self.throttle.policy.failure_delay
             if delay:
                 await _sleep(self.clock, delay)
@@ -158,8 +165,9 @@ class AuthService:
         mailbox = await self._attempt("mailbox", username, password, address, protocol,
                                       self.accounts.mailbox_password_hash)
         await self.accounts.record_login(mailbox.id, self.clock.seconds())
-        log.info("login ok: mailbox {username!r} from {address} over {protocol}",
-                 username=mailbox.username, address=address, protocol=protocol)
+        log.info("login ok: mailbox {username!r} from {client} over {protocol}",
+                 ktmail_event=events.LOGIN, kind="mailbox", username=mailbox.username,
+                 client=address, protocol=protocol, outcome="ok")
         return mailbox
 
     @deferred
@@ -167,8 +175,9 @@ class AuthService:
         """-> Customer for a portal login. Raises AuthFailed or LoginThrottled."""
         customer = await self._attempt("customer", login, password, address, "web",
                                        self.accounts.customer_password_hash)
-        log.info("login ok: customer {login!r} from {address}", login=customer.login,
-                 address=address)
+        log.info("login ok: customer {username!r} from {client}", ktmail_event=events.LOGIN,
+                 kind="customer", username=customer.login, client=address, protocol="web",
+                 outcome="ok")
         return customer
 
 

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from ktmail import errors
 from ktmail.model import INBOX, SPAM_FOLDER
-from ktmail.services import deferred
+from ktmail.services import deferred, events
 
 log = Logger()
 
@@ -252,6 +252,7 @@ class DeliveryService:
             raise errors.TooBig()
         prefix = return_path_line(envelope.sender)
         folder = INBOX
+        verdict = None
         if scan_spam:
             verdict = await self._scan(spool, envelope, mailbox)
             if verdict is not None:
@@ -266,8 +267,12 @@ class DeliveryService:
             # Spam removed by another tool: the message still reaches the user
             stored = await self.mailboxes.append(mailbox, INBOX, spool.path, prefix=prefix)
         log.info("delivered {size} bytes from <{sender}> to {rcpt} {folder} UID {uid}",
-                 size=stored.info.size, sender=envelope.sender, rcpt=str(recipient),
-                 folder=stored.folder, uid=stored.info.uid)
+                 ktmail_event=events.DELIVERY, channel="inbound" if scan_spam else "local",
+                 mailbox=mailbox.username, size=stored.info.size, sender=envelope.sender,
+                 rcpt=str(recipient), folder=stored.folder, uid=stored.info.uid,
+                 verdict="unscored" if verdict is None else (
+                     "spam" if verdict.is_spam else "ham"),
+                 score=None if verdict is None else verdict.score)
         return stored
 
     async def _scan(self, spool, envelope, mailbox):

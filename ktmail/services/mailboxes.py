@@ -37,8 +37,15 @@ from twisted.python.failure import Failure
 from zope.interface import Interface
 
 from ktmail import errors
-from ktmail.model import SEEN, INBOX, SPAM_FOLDER, FolderStatus, is_below, normalize_folder_name
-from ktmail.services import deferred
+from ktmail.model import (
+    INBOX,
+    SEEN,
+    SPAM_FOLDER,
+    FolderStatus,
+    is_below,
+    normalize_folder_name,
+)
+from ktmail.services import deferred, events
 
 log = Logger()
 
@@ -228,10 +235,11 @@ class LiveFolder:
         return result
 
     @deferred
-    async def expunge(self, uids, origin=None):
+    async def expunge(self, uids, origin=None, reason="expunge"):
         """Remove messages for good: -> model.Expunged."""
         result = await self._service.store.expunge(self.mailbox.id, self.name, uids)
         self._apply_expunged(result.uids, origin, result.highestmodseq)
+        log_deletion(self.mailbox, self.name, result, reason)
         return result
 
     @deferred
@@ -421,6 +429,14 @@ class LiveFolder:
         log.failure("{what} in {folder} failed", failure, what=what, folder=self)
 
 
+def log_deletion(mailbox, folder, expunged, reason):
+    """The ``deletion`` event of messages removed for good."""
+    if expunged.uids:
+        log.info("{count} message(s) deleted from {folder} of {mailbox} ({reason})",
+                 ktmail_event=events.DELETION, what="messages", mailbox=mailbox.username,
+                 folder=folder, count=len(expunged.uids), reason=reason)
+
+
 @attrs.define
 class MailboxService:
     """Folder and message operations for every surface.
@@ -575,6 +591,9 @@ class MailboxService:
         name = normalize_folder_name(name)
         await self.store.delete_folder(mailbox.id, name)
         self._close_matching(mailbox.id, lambda n: n == name)
+        log.info("folder {folder} of {mailbox} deleted", ktmail_event=events.DELETION,
+                 what="folder", mailbox=mailbox.username, folder=name, count=None,
+                 reason="deleted")
 
     @deferred
     async def rename_folder(self, mailbox, old, new):
@@ -645,13 +664,15 @@ class MailboxService:
         return stored
 
     @deferred
-    async def expunge(self, mailbox, name, uids):
+    async def expunge(self, mailbox, name, uids, reason="expunge"):
         """Remove messages of a folder whether or not it is loaded (Spam
         expiry, POP3 at QUIT). -> model.Expunged."""
         folder = self.live_folder(mailbox, name)
         if folder is not None:
-            return await folder.expunge(uids)
-        return await self.store.expunge(mailbox.id, name, uids)
+            return await folder.expunge(uids, reason=reason)
+        result = await self.store.expunge(mailbox.id, name, uids)
+        log_deletion(mailbox, name, result, reason)
+        return result
 
     def messages_saved_before(self, mailbox, name, before):
         """-> Deferred[(MessageInfo, ...)] saved into ``name`` before ``before``."""

@@ -260,7 +260,7 @@ class Maildrop:
                 return 0      # the mailbox was removed meanwhile: nothing is left
             if not uids:
                 return 0
-            expunged = await folder.expunge(uids)
+            expunged = await folder.expunge(uids, reason="pop3")
             return len(expunged.uids)
         finally:
             self.close()

@@ -45,7 +45,7 @@ from ktmail.model import (
     QueuedRecipient,
     QueueEntry,
 )
-from ktmail.services import deferred, dsn
+from ktmail.services import deferred, dsn, events
 from ktmail.services.messagetext import CHUNK, header_block
 from ktmail.services.routing import NoRoute
 
@@ -326,8 +326,9 @@ class OutboundQueue:
             entry_id, lambda e: apply_outcomes(e, outcomes, now, policy))
         for address, reply in outcomes.items():
             state = "delivered" if reply.ok else ("failed" if reply.permanent else "deferred")
-            log.info("{id} to <{rcpt}>: {state} ({reply}{via})", id=entry_id, rcpt=address,
-                     state=state, reply=str(reply),
+            log.info("{id} to <{recipient}>: {outcome} ({reply}{via})",
+                     ktmail_event=events.OUTBOUND, id=entry_id, recipient=str(address),
+                     outcome=state, reply=str(reply),
                      via=f" from {reply.host}" if reply.host else "")
         if updated is None:
             log.info("{id} was removed during delivery", id=entry_id)

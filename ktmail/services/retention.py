@@ -117,7 +117,7 @@ class SpamExpiryJob:
                 if not uids:
                     continue
                 if not dry_run:
-                    await self.folders.expunge(mailbox, SPAM_FOLDER, uids)
+                    await self.folders.expunge(mailbox, SPAM_FOLDER, uids, reason="retention")
                     if self.audit is not None:
                         await self.audit.add_audit(now, "retention", "spam.expire",
                                                    mailbox.username, f"{len(uids)} messages")

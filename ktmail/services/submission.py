@@ -36,11 +36,14 @@ import time
 import uuid
 
 import attrs
+from twisted.logger import Logger
 
 from ktmail import errors
 from ktmail.model import Address
-from ktmail.services import deferred
+from ktmail.services import deferred, events
 from ktmail.services.ratelimit import SlidingWindowLimiter, Window
+
+log = Logger()
 
 HOUR = 3600.0
 CHANNELS = ("smtp", "webmail")
@@ -225,4 +228,8 @@ class SubmissionService:
             delivered = await self.delivery.deliver(
                 attrs.evolve(envelope, recipients=local), spool, scan_spam=False)
             results.update(delivered)
+        log.info("submitted by {username} over {protocol}: {recipients} recipient(s), "
+                 "{size} bytes", ktmail_event=events.SUBMISSION, username=mailbox.username,
+                 protocol="webmail" if channel == "webmail" else channel,
+                 recipients=sum(1 for v in results.values() if v is None), size=spool.size)
         return results

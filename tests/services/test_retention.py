@@ -38,7 +38,7 @@ class FakeFolders:
         found = self.messages.get((mailbox.id, folder), {})
         return defer.succeed([Saved(uid, at) for uid, at in found.items() if at < before])
 
-    def expunge(self, mailbox, folder, uids):
+    def expunge(self, mailbox, folder, uids, reason="expunge"):
         found = self.messages.get((mailbox.id, folder), {})
         gone = [uid for uid in uids if found.pop(uid, None) is not None]
         self.expunged.append((mailbox.id, folder, tuple(gone)))
