@@ -190,7 +190,7 @@ class Scope:
 
 
 def _utc_day(seconds):
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).date()
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).date()
 
 
 def _contains(value, needle):

@@ -26,8 +26,13 @@ from zope.interface import alsoProvides
 
 from ktmail.config import Limits
 from ktmail.model import Address
-from ktmail.protocols.imap import IMAPFactory, ImapContext
-from ktmail.services.auth import AuthService, LoginThrottle, PasswordHasher, ThrottlePolicy
+from ktmail.protocols.imap import ImapContext, IMAPFactory
+from ktmail.services.auth import (
+    AuthService,
+    LoginThrottle,
+    PasswordHasher,
+    ThrottlePolicy,
+)
 from ktmail.services.delivery import Spool
 from ktmail.services.mailboxes import MailboxService
 from ktmail.store.maildir import MaildirStore

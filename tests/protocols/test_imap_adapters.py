@@ -95,8 +95,8 @@ class AdapterTests(unittest.TestCase):
         self.assertEqual(self.session.woken, 3)
         self.assertEqual(s.resolve(seqset("1:*"), by_uid=False)[-1], (4, 4))
         self.assertEqual(s.updates(allow_expunge=False),
-                         [b"* 5 EXISTS", b"* 5 RECENT", b"* 3 FETCH (UID 3 FLAGS (\\Flagged "
-                                                        b"\\Recent))"])
+                         [b"* 5 EXISTS", b"* 5 RECENT",
+                          b"* 3 FETCH (UID 3 FLAGS (\\Flagged \\Recent))"])
         self.assertEqual(s.uids, [1, 2, 3, 4, 5])
         self.assertEqual(s.updates(allow_expunge=True), [b"* 2 EXPUNGE"])
         self.assertEqual(s.uids, [1, 3, 4, 5])

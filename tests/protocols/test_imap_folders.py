@@ -179,6 +179,8 @@ class StatusAndQuotaTests(unittest.TestCase):
         self.c.command('c STATUS "My Folder" (MESSAGES)').ok().has(
             b'* STATUS "My Folder" (MESSAGES 0)')
         self.c.command("d STATUS Nowhere (MESSAGES)").no("NONEXISTENT")
+        self.c.command("d2 STATUS INBOX (APPENDLIMIT)").ok().has(
+            "* STATUS INBOX (APPENDLIMIT 52428800)")  # RFC 7889 §3
         self.c.command("e STATUS INBOX (BOGUS)").bad()
 
     def test_quota(self):

@@ -41,8 +41,8 @@ class SelectTests(unittest.TestCase):
         folder = self.imap.mailboxes.live_folder(self.imap.mailbox, "INBOX")
         self.assertEqual(r.untagged, [
             b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)",
-            b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 \\*)]"
-            b" Flags permitted.",
+            (b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 "
+             b"\\*)] Flags permitted."),
             b"* 3 EXISTS",
             b"* 3 RECENT",
             b"* OK [UNSEEN 2] First unseen.",
@@ -229,6 +229,28 @@ class FetchTests(unittest.TestCase):
         self.assertEqual(self.body(r, b"BODY[]<1000000>"), big[1000000:1500000])
 
 
+class BackPressureTests(unittest.TestCase):
+    def test_a_large_body_waits_for_the_transport(self):
+        """While the transport is full (it paused its producer) a FETCH of a
+        large body writes no further chunk, so memory stays flat; it goes on
+        when the transport resumes."""
+        imap = IMAPHarness(self)
+        big = b"Subject: big\r\n\r\n" + b"z" * (3 * 1024 * 1024) + b"\r\n"
+        imap.deliver(big)
+        c = imap.connect(login=True)
+        c.select()
+        gate = c.protocol._gate
+        gate.pauseProducing()
+        before = len(c.transport.value())
+        c.send_raw(b"a FETCH 1 (BODY.PEEK[])\r\n")
+        written = len(c.transport.value()) - before
+        self.assertLess(written, 600 * 1024)
+        self.assertNotIn(b"a OK", c.transport.value())
+        gate.resumeProducing()
+        r = c.finish(b"a").ok()
+        self.assertIn(big, r.untagged[0])
+
+
 class ManyMessagesTests(unittest.TestCase):
     def test_fetch_of_many_messages_in_slices(self):
         """FETCH 1:* (UID FLAGS) on 5000 messages writes them in a few large
@@ -371,7 +393,7 @@ class AppendTests(unittest.TestCase):
         """RFC 3501 §6.3.11: APPEND with no flag list (Twisted fails with BAD,
         TWISTED-NOTES §1 #8); APPENDUID (RFC 4315)."""
         data = b"Subject: hi\r\n\r\nhello\r\n"
-        r = self.c.command("a APPEND INBOX {%d}" % len(data), literals=[data + b"\r\n"]).ok()
+        r = self.c.command(f"a APPEND INBOX {{{len(data)}}}", literals=[data + b"\r\n"]).ok()
         validity = self.successResultOf(
             self.imap.mail.folder_status(self.imap.mailbox.id, "INBOX")).uidvalidity
         self.assertTrue(r.tagged.startswith(b"a OK [APPENDUID %d 1]" % validity), r)
@@ -379,8 +401,8 @@ class AppendTests(unittest.TestCase):
     def test_append_with_flags_and_date(self):
         """Flags and INTERNALDATE are kept."""
         data = b"Subject: hi\r\n\r\nhello\r\n"
-        self.c.command('a APPEND Drafts (\\Draft \\Seen) "01-Feb-2024 10:00:00 +0200" {%d}'
-                       % len(data), literals=[data + b"\r\n"]).ok()
+        self.c.command(f'a APPEND Drafts (\\Draft \\Seen) "01-Feb-2024 10:00:00 +0200" '
+                       f'{{{len(data)}}}', literals=[data + b"\r\n"]).ok()
         self.c.command("b SELECT Drafts").ok()
         r = self.c.command("c FETCH 1 (FLAGS INTERNALDATE)").ok()
         r.has(b'* 1 FETCH (FLAGS (\\Seen \\Draft \\Recent) INTERNALDATE '
@@ -433,7 +455,7 @@ class AppendTests(unittest.TestCase):
         """A message above 64 KiB is written to a spool file as it arrives
         (never held in memory), and the spool is removed afterwards."""
         data = b"Subject: big\r\n\r\n" + b"y" * 200000 + b"\r\n"
-        r = self.c.command("a APPEND INBOX {%d}" % len(data), literals=[data + b"\r\n"]).ok()
+        r = self.c.command(f"a APPEND INBOX {{{len(data)}}}", literals=[data + b"\r\n"]).ok()
         self.assertEqual(len(self.imap.spools), 1)
         self.assertTrue(self.imap.spools[0].discarded)
         self.c.select()
@@ -454,7 +476,7 @@ class AppendTests(unittest.TestCase):
         imap = IMAPHarness(self, quota_bytes=1000)
         c = imap.connect(login=True)
         data = b"Subject: x\r\n\r\n" + b"z" * 920
-        r = c.command("a APPEND INBOX {%d}" % len(data), literals=[data + b"\r\n"]).ok()
+        r = c.command(f"a APPEND INBOX {{{len(data)}}}", literals=[data + b"\r\n"]).ok()
         self.assertEqual(len(r.matching(rb"^\* OK \[ALERT\]")), 1, r)
 
 

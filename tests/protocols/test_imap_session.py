@@ -3,8 +3,10 @@ literals, IDLE, timeouts (transcripts against the in-memory services)."""
 
 import base64
 
+from twisted.internet import defer
 from twisted.trial import unittest
 
+from ktmail import errors
 from tests.protocols.imap_harness import PASSWORD, USERNAME, IMAPHarness
 
 AFTER_LOGIN = {"IMAP4rev1", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "SPECIAL-USE", "QUOTA",
@@ -62,7 +64,7 @@ class GreetingAndLoginTests(unittest.TestCase):
         """RFC 3501 §4.3: user name and password may be literals."""
         c = self.imap.connect()
         pw = PASSWORD.encode()
-        c.command("a LOGIN {%d}" % len(USERNAME),
+        c.command(f"a LOGIN {{{len(USERNAME)}}}",
                   literals=[USERNAME.encode() + b" {%d}\r\n" % len(pw), pw + b"\r\n"]).ok()
 
     def test_throttled_login(self):
@@ -140,6 +142,15 @@ class CommandFramingTests(unittest.TestCase):
         self.assertTrue(c.read_line().startswith(b"lonely BAD"))
         c.send_raw(b"\r\n")
         self.assertTrue(c.read_line().startswith(b"* BAD"))
+        c.command("c NOOP").ok()
+
+    def test_twisted_leftovers_are_not_commands(self):
+        """Only this server's command tables are reachable: STARTTLS (not on
+        implicit TLS, SPEC §2) and a bare UID are BAD, answered once."""
+        c = self.c
+        r = c.command("a STARTTLS").bad()
+        self.assertEqual(r.untagged, [])
+        c.command("b UID").bad()
         c.command("c NOOP").ok()
 
     def test_pipelined_commands_run_in_order(self):
@@ -232,6 +243,33 @@ class CommandFramingTests(unittest.TestCase):
         c = self.imap.connect()
         self.imap.clock.advance(61)
         self.assertTrue(c.closed)
+
+
+class ErrorMappingTests(unittest.TestCase):
+    def test_unexpected_errors_are_generic_on_the_wire(self):
+        """ARCHITECTURE convention 2: an unexpected exception becomes NO
+        [SERVERBUG] with no detail on the wire (the detail is logged); the
+        session goes on."""
+        imap = IMAPHarness(self)
+        c = imap.connect(login=True)
+
+        def broken(mailbox_id, name):
+            raise RuntimeError("secret internal detail")
+        self.patch(imap.mail, "folder_status", broken)
+        r = c.command("a STATUS INBOX (MESSAGES)").no("SERVERBUG")
+        self.assertNotIn(b"secret", r.tagged)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        c.command("b NOOP").ok()
+
+    def test_store_unavailable_is_temporary(self):
+        """A store that is temporarily unavailable answers NO [UNAVAILABLE]
+        with its client-safe text (RFC 5530)."""
+        imap = IMAPHarness(self)
+        c = imap.connect(login=True)
+        self.patch(imap.mail, "list_folders",
+                   lambda mailbox_id: defer.fail(errors.StoreUnavailable()))
+        r = c.command('a LIST "" *').no("UNAVAILABLE")
+        self.assertIn(b"temporarily unavailable", r.tagged)
 
 
 class IdleTests(unittest.TestCase):

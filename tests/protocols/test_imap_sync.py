@@ -109,14 +109,14 @@ class MaildirDurabilityTests(unittest.TestCase):
         c.command("a STORE 1 +FLAGS (\\Deleted)").bad()  # nothing selected yet
         c.select()
         data = b"Subject: appended\r\n\r\nbody\r\n"
-        c.command("b APPEND INBOX {%d}" % len(data), literals=[data + b"\r\n"]).ok()
+        c.command(f"b APPEND INBOX {{{len(data)}}}", literals=[data + b"\r\n"]).ok()
         before = c.command("c UID FETCH 1:* (UID FLAGS)").ok().untagged
         validity = c.command("d STATUS INBOX (UIDVALIDITY)").ok().untagged
         again = IMAPHarness.__new__(IMAPHarness)
         again.__dict__.update(imap.__dict__)
         from ktmail.services.mailboxes import MailboxService
         from ktmail.store.maildir import MaildirStore
-        from tests.protocols.imap_harness import IMAPFactory, ImapContext, inline
+        from tests.protocols.imap_harness import ImapContext, IMAPFactory, inline
         again.mail = MaildirStore(imap.mail.root.rsplit("/mail", 1)[0], imap.clock, inline)
         again.mailboxes = MailboxService(again.mail, imap.spam, imap.limits, imap.clock)
         again.factory = IMAPFactory(ImapContext(
@@ -137,7 +137,7 @@ class MaildirDurabilityTests(unittest.TestCase):
         imap = IMAPHarness(self, maildir=True)
         c = imap.connect(login=True)
         data = b"Subject: big\r\n\r\n" + b"q" * 100000 + b"\r\n"
-        c.command("a APPEND Sent (\\Seen) {%d}" % len(data), literals=[data + b"\r\n"]).ok()
+        c.command(f"a APPEND Sent (\\Seen) {{{len(data)}}}", literals=[data + b"\r\n"]).ok()
         files = glob.glob(os.path.join(imap.mail.mailbox_path(imap.mailbox.id), ".Sent",
                                        "cur", "*"))
         self.assertEqual(len(files), 1)

@@ -3,6 +3,6 @@ adapters over the mailboxes service in ``mailbox``, the grammar in
 ``parser``, the FETCH data items in ``fetch`` and the wire syntax in
 ``wire``. Only ``IMAPFactory`` and ``ImapContext`` are used from outside."""
 
-from ktmail.protocols.imap.server import IMAPFactory, ImapContext
+from ktmail.protocols.imap.server import ImapContext, IMAPFactory
 
 __all__ = ["IMAPFactory", "ImapContext"]

@@ -136,6 +136,8 @@ class ImapAccount:
         return self.mailboxes.quota(self.mailbox)
 
     def append(self, name, source, flags, internal_date):
+        """``source``: a path (a finished spool file, which the store links
+        rather than copies when it can) or a binary file object."""
         return self.mailboxes.append(self.mailbox, name, source, flags=flags,
                                      internal_date=internal_date)
 

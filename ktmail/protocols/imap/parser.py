@@ -344,7 +344,7 @@ def date_time(reader):
         raise ParseError("Bad month in date-time.")
     try:
         when = datetime.datetime(int(year), month, int(day), int(hour), int(minute),
-                                 int(second), tzinfo=datetime.timezone.utc)
+                                 int(second), tzinfo=datetime.UTC)
     except ValueError:
         raise ParseError("Bad date-time.") from None
     offset = (int(zh) * 60 + int(zm)) * 60 * (1 if sign == b"+" else -1)
@@ -702,7 +702,7 @@ def list_command(reader):
     return ListCommand(reference, tuple(patterns), frozenset(selection), frozenset(returns))
 
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "APPENDLIMIT")
 
 
 def status_items(reader):

@@ -27,6 +27,7 @@ Invariants:
 """
 
 import base64
+import inspect
 import io
 import re
 
@@ -38,7 +39,7 @@ from zope.interface import implementer
 
 import ktmail
 from ktmail import errors
-from ktmail.model import FLAGS_ADD, INBOX, SEPARATOR, SEEN, normalize_folder_name
+from ktmail.model import FLAGS_ADD, INBOX, SEEN, SEPARATOR, normalize_folder_name
 from ktmail.protocols.imap import fetch, parser, wire
 from ktmail.protocols.imap.mailbox import ImapAccount, keyword_flags, pattern_matcher
 from ktmail.protocols.imap.parser import CommandReader, Literal, ParseError
@@ -56,6 +57,8 @@ MAX_COMMAND_BYTES = 1024 * 1024
 MAX_BUFFERED = 256 * 1024
 #: failed logins on one connection before it is closed
 MAX_AUTH_FAILURES = 5
+#: bytes of small FETCH items read into memory at once (then written)
+READ_BUDGET = 2 * 1024 * 1024
 #: a body larger than this is streamed from the file in chunks
 INLINE_BODY = 256 * 1024
 STREAM_CHUNK = 256 * 1024
@@ -68,7 +71,6 @@ QUOTA_ALERT = 0.9
 _TAG = re.compile(rb"([^\x00-\x20\x7f-\xff(){%*\"\\+]+) ")
 _COMMAND = re.compile(rb"[A-Za-z]+")
 _FAST_ITEMS = {"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"}
-_SEEN_LOWER = SEEN.lower()
 
 
 @attrs.frozen
@@ -383,9 +385,9 @@ class IMAPServer(imap4.IMAP4Server):
         self._deselect()
         self.state = "logout"
         # a registered producer holds back the TLS close (twisted.protocols.tls)
-        if getattr(self.transport, "producer", True) is not None:
+        if not self._gate.stopped:
+            self._gate.stopProducing()
             self.transport.unregisterProducer()
-        self._gate.stopProducing()
         self.transport.loseConnection()
 
     @property
@@ -407,8 +409,10 @@ class IMAPServer(imap4.IMAP4Server):
         if self.state == "unauth":
             caps.append(b"AUTH=PLAIN" if self.tls else b"LOGINDISABLED")
             return caps
+        # QUOTA as RFC 2087 (STORAGE); QUOTA=RES-STORAGE (RFC 9208) would
+        # also promise the STATUS DELETED-STORAGE item, not served yet
         return caps + [b"NAMESPACE", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"QUOTA",
-                       b"QUOTA=RES-STORAGE", b"UNSELECT", b"CHILDREN",
+                       b"UNSELECT", b"CHILDREN",
                        b"APPENDLIMIT=%d" % self.context.max_message_bytes]
 
     def listCapabilities(self):
@@ -610,7 +614,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._current = name
         try:
             d = defer.ensureDeferred(fn(self, tag, *values))
-        except Exception:
+        except Exception:  # noqa: BLE001 - a bad handler call becomes the command's failure
             d = defer.fail()
         d.addErrback(self._failed, tag, name)
         d.addBoth(self._command_done, framed)
@@ -622,6 +626,9 @@ class IMAPServer(imap4.IMAP4Server):
     def _lookup(self, name):
         attr = self.state + "_" + name.decode("ascii").replace(" ", "_")
         entry = getattr(self, attr, None)
+        if entry is not None and not (isinstance(entry, tuple)
+                                      and inspect.iscoroutinefunction(entry[0])):
+            entry = None  # only this class's tables, never Twisted's leftovers
         if entry is None:
             known = any(hasattr(self, f"{state}_{name.decode('ascii').replace(' ', '_')}")
                         for state in ("unauth", "auth", "select"))
@@ -691,7 +698,7 @@ class IMAPServer(imap4.IMAP4Server):
     def _failed(self, failure, tag, name):
         """The one place where errors become responses."""
         if failure.check(_Gone) or self._gone:
-            return None
+            return
         error = failure.value
         if failure.check(ParseError):
             self._answer(tag, b"BAD", wire.text(str(error)))
@@ -703,7 +710,7 @@ class IMAPServer(imap4.IMAP4Server):
                         user=self.mailbox.username if self.mailbox else "-")
             self._answer(tag, b"NO", b"[SERVERBUG] Internal error; the problem was logged. "
                                      b"Try again later.")
-        return None
+        return
 
     @staticmethod
     def _error_code(error, name):
@@ -754,6 +761,12 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendLine(b'* ID ("name" "ktmail" "version" ' + wire.string(ktmail.__version__)
                       + b")")
         self._ok(tag, b"ID completed")
+
+    # Twisted's tables that are not ours: STARTTLS has no place on implicit
+    # TLS (SPEC §2), UID is dispatched by _run, and a logged-out session
+    # reads no more commands
+    unauth_STARTTLS = auth_STARTTLS = select_STARTTLS = select_UID = None
+    logout_CAPABILITY = logout_LOGOUT = logout_NOOP = None
 
     unauth_CAPABILITY = auth_CAPABILITY = select_CAPABILITY = (do_CAPABILITY,)
     unauth_NOOP = auth_NOOP = select_NOOP = (do_NOOP,)
@@ -928,9 +941,8 @@ class IMAPServer(imap4.IMAP4Server):
         except errors.ValidationError:
             return
         current = self.selected.live.name
-        if target == current or current.startswith(target + SEPARATOR):
-            if target != INBOX:
-                self._deselect()
+        if target != INBOX and (target == current or current.startswith(target + SEPARATOR)):
+            self._deselect()
 
     async def do_SUBSCRIBE(self, tag, name):
         await self.account.subscribe(name)
@@ -991,11 +1003,12 @@ class IMAPServer(imap4.IMAP4Server):
         self._ok(tag, b"LSUB completed")
 
     async def do_STATUS(self, tag, name, items):
-        """RFC 3501 §6.3.10 (the name is quoted when it must be)."""
+        """RFC 3501 §6.3.10 (the name is quoted when it must be), with the
+        RFC 7889 APPENDLIMIT item."""
         status = await self.account.status(name)
         values = {"MESSAGES": status.messages, "RECENT": status.recent,
                   "UIDNEXT": status.uidnext, "UIDVALIDITY": status.uidvalidity,
-                  "UNSEEN": status.unseen}
+                  "UNSEEN": status.unseen, "APPENDLIMIT": self.context.max_message_bytes}
         self.sendLine(b"* STATUS " + wire.mailbox(status.name) + b" (" + b" ".join(
             b"%s %d" % (item.encode(), values[item]) for item in items) + b")")
         self._ok(tag, b"STATUS completed")
@@ -1262,29 +1275,42 @@ class IMAPServer(imap4.IMAP4Server):
             if structure_needed:
                 summaries = await live.details([uid for _, uid, _ in batch])
             plans = {}
-            reads = {}
             for seq, uid, info in batch:
                 if structure_needed and uid not in summaries:
                     continue  # expunged meanwhile
-                summary = summaries.get(uid)
-                plans[uid] = plan = self._plan(items, info, summary, uid in selected.recent,
-                                               cache)
-                wanted = [p for p in plan if isinstance(p, _Read)]
-                if wanted:
-                    reads[uid] = wanted
-            data = {}
-            if reads:
-                data = await live.read_messages(list(reads), _range_reader(reads))
+                plans[uid] = self._plan(items, info, summaries.get(uid),
+                                        uid in selected.recent, cache)
+            group, budget = [], 0
             for seq, uid, info in batch:
                 plan = plans.get(uid)
-                if plan is None or (uid in reads and uid not in data):
+                if plan is None:
                     continue
                 if uid in newly_seen and not wants_flags:
-                    plan = plan + [b"FLAGS " + wire.flag_list(info.flags, uid in selected.recent)]
-                await self._write_message(live, seq, uid, plan, data.get(uid))
+                    plan = plan + [b"FLAGS " + wire.flag_list(info.flags,
+                                                              uid in selected.recent)]
+                group.append((seq, uid, plan))
+                budget += sum(p.cost for p in plan if isinstance(p, _Read))
+                if budget >= READ_BUDGET:
+                    await self._write_group(live, group)
+                    group, budget = [], 0
+            if group:
+                await self._write_group(live, group)
             await self._gate.wait()
             if self._gone:
                 raise _Gone()
+
+    async def _write_group(self, live, group):
+        """Read the small items of some messages in one go (at most about
+        READ_BUDGET bytes in memory), then write their responses."""
+        reads = {uid: [p for p in plan if isinstance(p, _Read)] for _, uid, plan in group}
+        reads = {uid: wanted for uid, wanted in reads.items() if wanted}
+        data = {}
+        if reads:
+            data = await live.read_messages(list(reads), _range_reader(reads))
+        for seq, uid, plan in group:
+            if uid in reads and uid not in data:
+                continue  # expunged meanwhile
+            await self._write_message(live, seq, uid, plan, data.get(uid))
 
     def _plan(self, items, info, summary, recent, cache):
         """The response items of one message: bytes, _Read (a small range or
@@ -1371,7 +1397,7 @@ class IMAPServer(imap4.IMAP4Server):
             chunk = await self.context.run_in_thread(_read_at, fileobj, position, size)
             if len(chunk) < size:
                 # the file is shorter than the index says: keep the framing intact
-                log.warn("message file shorter than expected for {user}",
+                log.warning("message file shorter than expected for {user}",
                          user=self.mailbox.username if self.mailbox else "-")
                 chunk += b" " * (size - len(chunk))
             if self._gone:
@@ -1408,6 +1434,13 @@ class _Read:
     header: bool = False
     section: object = None
     partial: tuple | None = None
+
+    @property
+    def cost(self):
+        """Bytes this read may hold in memory."""
+        if self.header:
+            return search.MAX_HEADER_READ // 16  # header blocks are small in practice
+        return self.span[1] - self.span[0]
 
     def read(self, fileobj):
         if self.header:
