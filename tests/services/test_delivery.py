@@ -122,12 +122,23 @@ class DeliverTests(DeliveryTestCase):
         self.assertEqual(self.stored(self.bo), [])
 
     def test_too_big(self):
-        """A message above max_message_bytes is refused per recipient (TooBig)."""
-        spool = self.spool(MESSAGE + b"x" * self.limits.max_message_bytes)
+        """A message above max_message_bytes (plus the room kept for our own
+        trace fields) is refused per recipient (TooBig)."""
+        spool = self.spool(MESSAGE + b"x" * (self.limits.max_message_bytes
+                                             + delivery_module.TRACE_ALLOWANCE))
         result = self.successResultOf(self.service.deliver(self.envelope("anna@sboksi.fi"),
                                                            spool))
         self.assertIsInstance(result[Address.parse("anna@sboksi.fi")], errors.TooBig)
         self.assertEqual(self.stored(self.anna), [])
+
+    def test_limit_counts_the_message_as_sent_not_our_trace_fields(self):
+        """A message of exactly max_message_bytes, to which SMTP put its
+        Received: field, is delivered (the client was told SIZE=max)."""
+        received = b"Received: from mx.example.org by mail.ktnet.fi; x\r\n" * 20
+        body = MESSAGE + b"x" * (self.limits.max_message_bytes - len(MESSAGE))
+        result = self.successResultOf(self.service.deliver(self.envelope("anna@sboksi.fi"),
+                                                           self.spool(received + body)))
+        self.assertEqual(list(result.values()), [None])
 
     def test_null_sender(self):
         """Bounces (null reverse-path) get Return-Path: <>."""
