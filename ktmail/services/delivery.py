@@ -252,9 +252,13 @@ class DeliveryService:
                 outcome[recipient] = errors.StoreUnavailable()
         return outcome
 
+    @property
+    def _size_limit(self):
+        return self.limits.max_message_bytes + TRACE_ALLOWANCE
+
     async def _deliver_one(self, envelope, spool, recipient, scan_spam):
         mailbox = await self._mailbox(recipient)
-        if spool.size > self.limits.max_message_bytes + TRACE_ALLOWANCE:
+        if spool.size > self._size_limit:
             raise errors.TooBig()
         prefix = return_path_line(envelope.sender)
         folder = INBOX
@@ -265,12 +269,14 @@ class DeliveryService:
                 if verdict.is_spam:
                     folder = SPAM_FOLDER
         try:
-            stored = await self.mailboxes.append(mailbox, folder, spool.path, prefix=prefix)
+            stored = await self.mailboxes.append(mailbox, folder, spool.path, prefix=prefix,
+                                                 size_limit=self._size_limit)
         except errors.NoSuchFolder:
             if folder == INBOX:
                 raise
             # Spam removed by another tool: the message still reaches the user
-            stored = await self.mailboxes.append(mailbox, INBOX, spool.path, prefix=prefix)
+            stored = await self.mailboxes.append(mailbox, INBOX, spool.path, prefix=prefix,
+                                                 size_limit=self._size_limit)
         log.info("delivered {size} bytes from <{sender}> to {rcpt} {folder} UID {uid}",
                  size=stored.info.size, sender=envelope.sender, rcpt=str(recipient),
                  folder=stored.folder, uid=stored.info.uid)
@@ -290,7 +296,8 @@ class DeliveryService:
         -> model.StoredMessage. RelayDenied, NoSuchMailbox, QuotaExceeded, TooBig."""
         mailbox = await self._mailbox(recipient)
         return await self.mailboxes.append(mailbox, INBOX, message_file,
-                                           prefix=return_path_line(sender))
+                                           prefix=return_path_line(sender),
+                                           size_limit=self._size_limit)
 
     @deferred
     async def deliver_notice(self, mailbox, message_bytes):
