@@ -112,6 +112,9 @@ class Spool:
             pass
 
 
+#: Role addresses every mail domain must accept (RFC 5321 §4.5.1, RFC 2142 §2)
+ROLE_ADDRESSES = ("postmaster", "abuse")
+
 #: The size limit applies to the message as its sender sent it; the trace
 #: fields our side puts in front of it (Received:, and Message-ID:/Date:
 #: that submission adds) may take it this far beyond.
@@ -159,7 +162,8 @@ class DeliveryService:
     ``mailboxes`` (MailboxService: every store goes through it, so open
     IMAP/POP3/web sessions see deliveries at once), ``spam`` (SpamFilter:
     scan), ``limits`` (config.Limits), ``domains`` (hosted domains),
-    ``clock`` (IReactorTime), ``spool_dir``, ``run_in_thread``.
+    ``clock`` (IReactorTime), ``spool_dir``, ``run_in_thread``,
+    ``postmaster`` (config.postmaster).
     """
 
     accounts: object
@@ -170,6 +174,9 @@ class DeliveryService:
     clock: object
     spool_dir: str
     run_in_thread: object
+    #: model.Address of the mailbox that receives postmaster@ and abuse@ of
+    #: every hosted domain that has no mailbox of that name, or None
+    postmaster: object = None
     _counter: object = attrs.field(factory=itertools.count, init=False)
 
     def __attrs_post_init__(self):
@@ -226,6 +233,8 @@ class DeliveryService:
         try:
             return await self.accounts.get_mailbox_by_address(address)
         except errors.NoSuchMailbox:
+            if self.postmaster is not None and address.local in ROLE_ADDRESSES:
+                return await self.accounts.get_mailbox_by_address(self.postmaster)
             raise errors.NoSuchMailbox(f"There is no mailbox {address} here.") from None
 
     # --- delivery ---

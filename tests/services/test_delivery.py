@@ -140,6 +140,24 @@ class DeliverTests(DeliveryTestCase):
                                                            self.spool(received + body)))
         self.assertEqual(list(result.values()), [None])
 
+    def test_role_addresses_reach_the_postmaster_mailbox(self):
+        """postmaster@ and abuse@ of every hosted domain reach the configured
+        postmaster mailbox (RFC 5321 §4.5.1, RFC 2142); other unknown names
+        stay unknown, and without a postmaster they are unknown too."""
+        for address in ("postmaster@brev.fi", "Abuse@pikaposti.fi"):
+            d = self.service.check_recipient(Address.parse(address))
+            self.failureResultOf(d, errors.NoSuchMailbox)
+        self.service.postmaster = Address.parse("anna@sboksi.fi")
+        for address in ("postmaster@brev.fi", "abuse@pikaposti.fi"):
+            got = self.successResultOf(self.service.check_recipient(Address.parse(address)))
+            self.assertEqual(got.id, self.anna.id)
+        self.failureResultOf(self.service.check_recipient(Address.parse("hostmaster@brev.fi")),
+                             errors.NoSuchMailbox)
+        result = self.successResultOf(self.service.deliver(
+            self.envelope("postmaster@brev.fi"), self.spool()))
+        self.assertEqual(list(result.values()), [None])
+        self.assertEqual(len(self.stored(self.anna)), 1)
+
     def test_null_sender(self):
         """Bounces (null reverse-path) get Return-Path: <>."""
         self.successResultOf(self.service.deliver(self.envelope("anna@sboksi.fi", sender=""),
