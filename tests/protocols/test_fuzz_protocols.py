@@ -22,7 +22,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from tests.protocols.fakes import SubmissionWorld, inbound_factory
-from tests.protocols.imap_harness import IMAPHarness
+from tests.protocols.imap_harness import IMAPClient, IMAPHarness
 from tests.protocols.pop3_transcript import PASSWORD, POP3Fixture
 from tests.protocols.transcript import SMTPTranscript
 
@@ -189,8 +189,11 @@ class IMAPFuzz(unittest.TestCase):
             self.assertRegex(line, rb"\A(\* |\+|[^\s]+ (OK|NO|BAD)\b)", line[:200])
 
     def still_serves(self):
-        c = self.imap.connect(login=True)
+        # from another address: the fuzzed session may have used up its own
+        # with failed logins (the throttle is working, not broken)
+        c = IMAPClient(self, self.imap.factory, peer="198.51.100.77")
         try:
+            c.login()
             c.select()
             c.command("z UID FETCH 1:* (FLAGS)").ok()
             c.command("z LOGOUT").ok()
@@ -236,7 +239,7 @@ class POP3Fuzz(unittest.TestCase):
         close; the mailbox still works for the next client."""
         pop = self.box.connect()
         self.feed(pop, pieces)
-        pop = self.box.connect()
+        pop = self.box.connect(peer="198.51.100.77")   # see IMAPFuzz.still_serves
         pop.send("USER bob_u").expect("+OK")
         pop.send("PASS " + PASSWORD).expect("+OK")
         pop.send("STAT").expect("+OK")
