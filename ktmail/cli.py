@@ -74,6 +74,10 @@ def build_parser():
     expire = sub.add_parser("expire", help="run the retention jobs once")
     expire.add_argument("--dry-run", action="store_true", help="only list what would go")
 
+    backup = sub.add_parser("backup", help="copy the database, Maildirs, queue and DKIM keys "
+                            "to DEST while the daemon runs (see DEST/RESTORE.txt)")
+    backup.add_argument("dest", help="a directory that does not exist yet (or is empty)")
+
     dns = sub.add_parser("dns", help="print the DNS records to publish for a hosted domain")
     dns.add_argument("domain")
 
@@ -208,6 +212,16 @@ async def run(args, core, stdin, out):
         out.write("\n".join(dns_records(domain, settings, dkim)) + "\n")
     elif args.group == "expire":
         await expire(core, args.dry_run, out)
+    elif args.group == "backup":
+        from ktmail.tap import backup_data
+
+        summary = await backup_data(core, args.dest)   # BackupError is a KtmailError
+        dest = os.path.abspath(args.dest)
+        out.write(f"database: {summary.database}\n"
+                  f"mail: {summary.mailboxes} mailboxes, {summary.messages} messages, "
+                  f"{_mb(summary.bytes)}\n"
+                  f"queue: {summary.queue_files} files; DKIM keys: {summary.dkim_files} files\n"
+                  f"backup in {dest}; how to restore it: {dest}/RESTORE.txt\n")
     elif args.group == "spam":
         if args.action == "score":
             await spam_score(core, args.mailbox, stdin, out)

@@ -6,6 +6,7 @@ collaborators, and starts one listener per enabled ``[listen]`` entry.
 A bad config stops start-up with one line per problem.
 """
 
+import datetime
 import os
 import resource
 import signal
@@ -43,6 +44,7 @@ from ktmail.services.routing import MXRouter
 from ktmail.services.spam import SpamFilter, check_rule_names
 from ktmail.services.spam.auth import TwistedNamesResolver
 from ktmail.services.submission import SubmissionService
+from ktmail.store.backup import DataBackup
 from ktmail.store.database import folder_change_feed, open_stores
 from ktmail.store.dkimkeys import DiskDkimKeyStore
 from ktmail.store.health import StorageProbe, with_timeout
@@ -178,6 +180,17 @@ def build_core(config, reactor, resolver=None):
                 queue_store=DiskQueueStore(config.data_dir, run_in_thread),
                 dkim_keys=DiskDkimKeyStore(config.data_dir, run_in_thread),
                 mailboxes=mailboxes, delivery=delivery, stores=stores)
+
+
+def backup_data(core, dest):
+    """``ktmail-admin backup DEST`` -> Deferred[store.backup.BackupSummary]
+    (BackupError when it cannot be made)."""
+    config = core.config
+    database = config.database_config
+    backup = DataBackup(config.data_dir, database, sqlite_indexes=not database.is_postgresql)
+    when = datetime.datetime.fromtimestamp(core.reactor.seconds(), datetime.timezone.utc)
+    return threads.deferToThreadPool(core.reactor, core.reactor.getThreadPool(), backup.run,
+                                     dest, when.strftime("%Y-%m-%d %H:%M:%S UTC"))
 
 
 def _local_delivery_unavailable(recipient, message_file):
