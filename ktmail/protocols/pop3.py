@@ -510,8 +510,16 @@ class POP3Server(pop3.POP3):
         self.transport.write(b"+OK Capability list follows\r\n"
                              + b"".join(c + b"\r\n" for c in CAPABILITIES) + b".\r\n")
 
+    def _require_tls(self):
+        """SPEC §2: no password without TLS (a plain ``tcp:`` POP3 listener
+        takes no login at all; STLS is not offered)."""
+        if not interfaces.ISSLTransport.providedBy(self.transport):
+            raise errors.KtmailError("Log in over TLS (POP3S, port 995); this connection "
+                                     "is not encrypted.")
+
     def do_USER(self, rest):
         """RFC 1939 §7 USER: the mailbox username, not the address."""
+        self._require_tls()
         if not rest.strip():
             raise _BadCommand("Syntax: USER <username>")
         self._user = rest.strip()
@@ -521,6 +529,7 @@ class POP3Server(pop3.POP3):
         """RFC 1939 §7 PASS: the rest of the line is the password, spaces
         included."""
         user, self._user = self._user, None
+        self._require_tls()
         if user is None:
             raise _BadCommand("Send USER first.")
         return self._login(user, rest)
@@ -535,6 +544,7 @@ class POP3Server(pop3.POP3):
             return None
         if args[0].upper() != b"PLAIN":
             raise _BadCommand("Unsupported authentication mechanism; use PLAIN.")
+        self._require_tls()
         if len(args) > 2:
             raise _BadCommand("Syntax: AUTH PLAIN [initial-response]")
         if len(args) == 1:

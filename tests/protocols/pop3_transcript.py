@@ -19,7 +19,9 @@ import io
 
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
+from zope.interface import alsoProvides
 
 from ktmail.config import Limits
 from ktmail.model import INBOX, Address
@@ -94,8 +96,8 @@ class POP3Fixture:
             self.mail.open_folder(self.mailbox_id(username), INBOX))
         return list(snapshot.messages)
 
-    def connect(self, peer="203.0.113.7"):
-        return POP3Transcript(self.testcase, self.factory, peer)
+    def connect(self, peer="203.0.113.7", tls=True):
+        return POP3Transcript(self.testcase, self.factory, peer, tls=tls)
 
     def login(self, username="alice_u", peer="203.0.113.7"):
         pop = self.connect(peer)
@@ -125,9 +127,11 @@ class RecordingListener:
 
 
 class POP3Transcript:
-    def __init__(self, testcase, factory, peer="203.0.113.7", greet=True):
+    def __init__(self, testcase, factory, peer="203.0.113.7", greet=True, tls=True):
         self.testcase = testcase
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+        if tls:   # as on 995 (implicit TLS)
+            alsoProvides(self.transport, ISSLTransport)
         self.protocol = factory.buildProtocol(None)
         self.protocol.makeConnection(self.transport)
         self._read = 0

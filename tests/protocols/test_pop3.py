@@ -149,6 +149,21 @@ class UserPassTests(unittest.TestCase):
         self.assertNotIn("s3cret-Pa55", repr(logged))
 
 
+class NoPasswordWithoutTLS(unittest.TestCase):
+    def test_plain_connection_takes_no_login(self):
+        """SPEC §2: on a connection without TLS (a tcp: POP3 listener, a
+        misconfiguration) USER, PASS and AUTH PLAIN are refused before any
+        password is checked; nothing counts as a failed login."""
+        box = POP3Fixture(self)
+        pop = box.connect(tls=False)
+        pop.send("USER alice_u").expect("-ERR [SYS/PERM] Log in over TLS")
+        pop.send("PASS " + PASSWORD).expect("-ERR [SYS/PERM] Log in over TLS")
+        pop.send("AUTH PLAIN " + plain("", "alice_u", PASSWORD)).expect(
+            "-ERR [SYS/PERM] Log in over TLS")
+        pop.send("STAT").expect("-ERR")
+        box.login()   # over TLS, the same address: not throttled
+
+
 class AuthPlainTests(unittest.TestCase):
     def setUp(self):
         self.box = POP3Fixture(self)
