@@ -42,7 +42,7 @@ def _plain(value):
 
 def event_record(event):
     """The JSON-ready dict of one event."""
-    when = datetime.datetime.fromtimestamp(event.get("log_time", 0), datetime.timezone.utc)
+    when = datetime.datetime.fromtimestamp(event.get("log_time", 0), datetime.UTC)
     level = event.get("log_level")
     record = {
         "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),

@@ -66,7 +66,7 @@ def load_pem(tls_config):
     key_pem = _read(tls_config.key, "key")
     try:
         return ssl.PrivateCertificate.loadPEM(key_pem + b"\n" + cert_pem)
-    except Exception as e:  # pyOpenSSL raises several types for bad PEM
+    except Exception as e:  # noqa: BLE001 - pyOpenSSL raises several types for bad PEM
         raise CertificateError(f"{tls_config.cert} / {tls_config.key}: not a usable "
                                f"certificate and key ({type(e).__name__})") from None
 
@@ -79,7 +79,7 @@ def chain_certificates(tls_config):
         blocks += _pem_certificates(_read(tls_config.chain, "certificate chain"))
     try:
         return [ssl.Certificate.loadPEM(b).original for b in blocks]
-    except Exception:
+    except Exception:  # noqa: BLE001 - as above
         raise CertificateError(f"{tls_config.cert}: a chain certificate is not "
                                "readable PEM") from None
 

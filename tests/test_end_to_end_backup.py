@@ -42,7 +42,7 @@ class BackupTests(unittest.TestCase):
         m = self.imap()
         m.select(folder, readonly=True)
         validity = int(m.response("UIDVALIDITY")[1][0])
-        typ, data = m.uid("FETCH", "1:*", "(BODY.PEEK[])")
+        _typ, data = m.uid("FETCH", "1:*", "(BODY.PEEK[])")
         messages = {}
         for item in data:
             if isinstance(item, tuple):
@@ -93,7 +93,8 @@ class BackupTests(unittest.TestCase):
         with sqlite3.connect(os.path.join(dest, "ktmail.db")) as db:
             self.assertEqual(db.execute("PRAGMA integrity_check").fetchone()[0], "ok")
             self.assertEqual(db.execute("SELECT count(*) FROM mailboxes").fetchone()[0], 2)
-        note = open(os.path.join(dest, "RESTORE.txt"), encoding="utf-8").read()
+        with open(os.path.join(dest, "RESTORE.txt"), encoding="utf-8") as f:
+            note = f.read()
         self.assertIn("cp -a", note)
         again = d.admin("backup", dest, check=False)
         self.assertEqual(again.returncode, 1)
@@ -112,7 +113,7 @@ class BackupTests(unittest.TestCase):
                 self.assertEqual(now_messages.get(uid), data, (folder, uid))
         m = self.imap()
         m.select("INBOX", readonly=True)
-        typ, flagged = m.uid("SEARCH", "FLAGGED")
+        _typ, flagged = m.uid("SEARCH", "FLAGGED")
         self.assertEqual(flagged[0].split(), [b"1", b"2", b"3"])
         m.logout()
         self.imap(BOB[0]).logout()   # the accounts came back

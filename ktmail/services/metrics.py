@@ -77,7 +77,7 @@ class EventCounters:
             return
         try:
             self._count(kind, event)
-        except Exception:  # noqa: BLE001 - counting must never break logging
+        except Exception:  # noqa: BLE001, S110 - counting must never break logging
             pass
 
     def _count(self, kind, event):

@@ -67,8 +67,8 @@ class BackupTests(unittest.TestCase):
             for name in files:
                 self.assertEqual(stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode),
                                  0o600, name)
-        self.assertIn("ktmail.db in this backup",
-                      open(os.path.join(dest, "RESTORE.txt")).read())
+        with open(os.path.join(dest, "RESTORE.txt")) as f:
+            self.assertIn("ktmail.db in this backup", f.read())
 
     def test_changes_during_the_copy(self):
         """Between the listing and the copy one message gets a flag (renamed),
@@ -116,7 +116,8 @@ class BackupTests(unittest.TestCase):
                                   url="postgresql://ktmail:s3cret@db.example/ktmail")
         dest = os.path.abspath(self.mktemp())
         summary = DataBackup(self.data, database, sqlite_indexes=False).run(dest, "now")
-        note = open(os.path.join(dest, "RESTORE.txt")).read()
+        with open(os.path.join(dest, "RESTORE.txt")) as f:
+            note = f.read()
         self.assertIn("pg_dump", note)
         self.assertNotIn("s3cret", note)
         self.assertFalse(os.path.exists(os.path.join(dest, "ktmail.db")))
