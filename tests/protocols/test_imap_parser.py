@@ -133,7 +133,8 @@ class FetchAttributeTests(unittest.TestCase):
 
 class SearchProgramTests(unittest.TestCase):
     def program(self, text):
-        return parser.search_program(reader(text))
+        program = parser.search_program(reader(text))
+        return program.charset, program.query
 
     def test_every_rfc3501_key(self):
         """RFC 3501 §6.4.4: the whole key set parses into the query model."""
@@ -152,9 +153,10 @@ class SearchProgramTests(unittest.TestCase):
     def test_charset_and_literals(self):
         """CHARSET UTF-8 with a literal search string; other charsets are
         refused with BADCHARSET (RFC 3501 §6.4.4)."""
-        charset, query = parser.search_program(reader(
+        program = parser.search_program(reader(
             "CHARSET UTF-8 SUBJECT {6}", Literal(6, data="möte".encode()), ""))
-        self.assertEqual((charset, query), ("UTF-8", q.HeaderHas("subject", "möte")))
+        self.assertEqual((program.charset, program.query),
+                         ("UTF-8", q.HeaderHas("subject", "möte")))
         with self.assertRaises(parser.BadCharset):
             self.program("CHARSET KOI8-R ALL")
 

@@ -27,6 +27,7 @@ Invariants:
 """
 
 import base64
+import bisect
 import inspect
 import io
 import re
@@ -65,12 +66,14 @@ STREAM_CHUNK = 256 * 1024
 #: FETCH responses written at once (flags/UID/size only, and the rest)
 FAST_BATCH = 2000
 FULL_BATCH = 100
+#: UIDs looked at when VANISHED (EARLIER) must be worked out without tombstones
+MAX_VANISHED_SCAN = 10_000_000
 #: share of the quota at which the user is warned with [ALERT]
 QUOTA_ALERT = 0.9
 
 _TAG = re.compile(rb"([^\x00-\x20\x7f-\xff(){%*\"\\+]+) ")
 _COMMAND = re.compile(rb"[A-Za-z]+")
-_FAST_ITEMS = {"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"}
+_FAST_ITEMS = {"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "MODSEQ"}
 
 
 @attrs.frozen
@@ -303,6 +306,14 @@ def _quota_root(server, reader):
     return reader.astring()
 
 
+def _select_params(server, reader):
+    return parser.select_params(reader)
+
+
+def _fetch_modifiers(server, reader):
+    return parser.fetch_modifiers(reader)
+
+
 def _rest(server, reader):
     return reader.rest()
 
@@ -413,7 +424,8 @@ class IMAPServer(imap4.IMAP4Server):
         # also promise the STATUS DELETED-STORAGE item, not served yet
         return caps + [b"NAMESPACE", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"QUOTA",
                        b"UNSELECT", b"CHILDREN",
-                       b"APPENDLIMIT=%d" % self.context.max_message_bytes]
+                       b"APPENDLIMIT=%d" % self.context.max_message_bytes,
+                       b"CONDSTORE", b"QRESYNC", b"ESEARCH", b"SEARCHRES", b"STATUS=SIZE"]
 
     def listCapabilities(self):
         return self.capability_list()
@@ -855,28 +867,73 @@ class IMAPServer(imap4.IMAP4Server):
                 "mail, or new messages will be refused."))
 
     async def do_ENABLE(self, tag, capabilities):
-        """RFC 5161: nothing to enable yet; the list says what was enabled."""
-        enabled = [c for c in capabilities if c.upper().decode("ascii", "replace")
-                   in self.ENABLEABLE]
-        self._enabled.update(c.upper() for c in enabled)
-        self.sendLine(b"* ENABLED" + b"".join(b" " + c.upper() for c in enabled))
+        """RFC 5161: the ENABLED line lists what this command turned on.
+        QRESYNC implies CONDSTORE (RFC 7162 §3.2.3)."""
+        enabled = []
+        for name in dict.fromkeys(c.upper() for c in capabilities):
+            text = name.decode("ascii", "replace")
+            if text in self.ENABLEABLE and text not in self._enabled:
+                enabled.append(name)
+                self._enabled.add(text)
+        if "QRESYNC" in self._enabled:
+            self._enable_qresync()
+        elif "CONDSTORE" in self._enabled:
+            self._enable_condstore()
+        self.sendLine(b"* ENABLED" + b"".join(b" " + c for c in enabled))
         self._ok(tag, b"ENABLE completed")
 
-    #: capabilities ENABLE can turn on (CONDSTORE, QRESYNC ... when they exist)
-    ENABLEABLE = frozenset()
+    #: capabilities ENABLE can turn on
+    ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC"})
+
+    @property
+    def condstore(self):
+        return "CONDSTORE" in self._enabled
+
+    @property
+    def qresync(self):
+        return "QRESYNC" in self._enabled
+
+    def _enable_condstore(self):
+        """RFC 7162 §3.1: a CONDSTORE-enabling command. Issued while a folder
+        is selected, it brings the folder's HIGHESTMODSEQ (§3.1.2.1)."""
+        first = not self.condstore
+        self._enabled.add("CONDSTORE")
+        selected = self.selected
+        if selected is not None and not selected.condstore:
+            selected.condstore = True
+            if first:
+                self.sendLine(b"* OK [HIGHESTMODSEQ %d] Highest mod-sequence."
+                              % selected.live.highestmodseq)
+
+    def _enable_qresync(self):
+        self._enabled.add("QRESYNC")
+        self._enable_condstore()
+        if self.selected is not None:
+            self.selected.qresync = True
 
     async def do_NAMESPACE(self, tag):
         """RFC 2342: one personal namespace with "/" as separator."""
         self.sendLine(b'* NAMESPACE (("" "/")) NIL NIL')
         self._ok(tag, b"NAMESPACE completed")
 
-    async def do_SELECT(self, tag, name, rw):
-        """RFC 3501 §6.3.1/§6.3.2 with every response §7 asks for."""
+    async def do_SELECT(self, tag, name, params, rw):
+        """RFC 3501 §6.3.1/§6.3.2 with every response §7 asks for, and the
+        RFC 7162 CONDSTORE (§3.1.8) and QRESYNC (§3.2.5) parameters."""
+        if params.qresync is not None and not self.qresync:
+            raise ParseError("Enable QRESYNC first (RFC 7162 §3.2.3).")
+        if params.condstore:
+            self._enabled.add("CONDSTORE")
+        had_selection = self.selected is not None
         self._deselect()
         selected = await self.account.select(name, rw)
         if self._gone:
             selected.live.release()
             return
+        if had_selection and self.qresync:
+            # RFC 7162 §3.2.11: the end of the previous folder's responses
+            self.sendLine(b"* OK [CLOSED] Previous folder closed.")
+        selected.condstore = self.condstore
+        selected.qresync = self.qresync
         selected.attach(self)
         self.selected = selected
         self.state = "select"
@@ -899,8 +956,67 @@ class IMAPServer(imap4.IMAP4Server):
                 self.sendLine(b"* OK [UNSEEN %d] First unseen." % seq)
         self.sendLine(b"* OK [UIDVALIDITY %d] UIDs valid." % live.uidvalidity)
         self.sendLine(b"* OK [UIDNEXT %d] Predicted next UID." % live.uidnext)
+        if self.condstore:
+            self.sendLine(b"* OK [HIGHESTMODSEQ %d] Highest mod-sequence." % live.highestmodseq)
+        if params.qresync is not None and params.qresync.uidvalidity == live.uidvalidity:
+            await self._qresync(selected, params.qresync)
         command = b"SELECT" if rw else b"EXAMINE"
         self._ok(tag, (b"[READ-WRITE] " if rw else b"[READ-ONLY] ") + command + b" completed")
+
+    async def _qresync(self, selected, params):
+        """RFC 7162 §3.2.5.1: what the client missed since ``params.modseq``:
+        ``VANISHED (EARLIER)`` for the removed UIDs it may know, then FETCH
+        (UID FLAGS MODSEQ) of every message changed since. Nothing at all
+        when nothing changed, so a resync of an unchanged folder costs only
+        the SELECT responses."""
+        live = selected.live
+        if params.modseq < live.highestmodseq:
+            known = None
+            if params.known_uids is not None:
+                known = params.known_uids.resolved(max(live.uidnext - 1, 1))
+            vanished = await self._vanished_since(selected, params.modseq, known)
+            if vanished:
+                self.sendLine(b"* VANISHED (EARLIER) " + wire.number_set(vanished))
+        await self._send_changed(selected, selected.uids, params.modseq)
+
+    async def _vanished_since(self, selected, modseq, ranges):
+        """UIDs within ``ranges`` ([(low, high)], None: any) removed after
+        ``modseq``, ascending. Where the store no longer holds tombstones that
+        old (it prunes them), every UID in the ranges that is not in the
+        folder is reported instead: more than needed, never too few
+        (RFC 7162 §3.2.5.2 lets clients ignore UIDs they do not know)."""
+        live = selected.live
+        changes = await live.changes_since(modseq)
+        if changes.vanished_floor > modseq:
+            top = max(live.uidnext - 1, 0)
+            ranges = ranges if ranges is not None else [(1, top)]
+            present = set(live.uids)
+            out = []
+            for low, high in ranges:
+                high = min(high, top)
+                out.extend(u for u in range(low, high + 1) if u not in present)
+                if len(out) > MAX_VANISHED_SCAN:
+                    break
+            return sorted(set(out))
+        vanished = changes.vanished
+        if ranges is not None:
+            vanished = [u for u in vanished if _in_ranges(u, ranges)]
+        return list(vanished)
+
+    async def _send_changed(self, selected, uids, modseq):
+        """``* n FETCH (UID FLAGS MODSEQ)`` for those of ``uids`` (the
+        session's view, ascending) changed after ``modseq``."""
+        info = selected.live.info
+        out = []
+        for uid in uids:
+            i = info(uid)
+            if i is not None and i.modseq > modseq:
+                out.append(selected.flags_line(selected.seq_of(uid), i) + b"\r\n")
+                if len(out) >= FAST_BATCH:
+                    await self._write_slice(out)
+                    out = []
+        if out and not self._gone:
+            self.transport.write(b"".join(out))
 
     def _deselect(self):
         selected, self.selected = self.selected, None
@@ -1004,14 +1120,21 @@ class IMAPServer(imap4.IMAP4Server):
 
     async def do_STATUS(self, tag, name, items):
         """RFC 3501 §6.3.10 (the name is quoted when it must be), with the
-        RFC 7889 APPENDLIMIT item."""
+        RFC 7889 APPENDLIMIT, RFC 7162 §3.1.7 HIGHESTMODSEQ and RFC 8438
+        SIZE items."""
+        if "HIGHESTMODSEQ" in items:
+            self._enable_condstore()
         status = await self.account.status(name)
+        self.sendLine(self._status_line(status, items))
+        self._ok(tag, b"STATUS completed")
+
+    def _status_line(self, status, items):
         values = {"MESSAGES": status.messages, "RECENT": status.recent,
                   "UIDNEXT": status.uidnext, "UIDVALIDITY": status.uidvalidity,
-                  "UNSEEN": status.unseen, "APPENDLIMIT": self.context.max_message_bytes}
-        self.sendLine(b"* STATUS " + wire.mailbox(status.name) + b" (" + b" ".join(
-            b"%s %d" % (item.encode(), values[item]) for item in items) + b")")
-        self._ok(tag, b"STATUS completed")
+                  "UNSEEN": status.unseen, "APPENDLIMIT": self.context.max_message_bytes,
+                  "HIGHESTMODSEQ": status.highestmodseq, "SIZE": status.size}
+        return b"* STATUS " + wire.mailbox(status.name) + b" (" + b" ".join(
+            b"%s %d" % (item.encode(), values[item]) for item in items) + b")"
 
     async def do_APPEND(self, tag, arguments):
         """RFC 3501 §6.3.11 with APPENDUID (RFC 4315), [TOOBIG] and
@@ -1068,8 +1191,8 @@ class IMAPServer(imap4.IMAP4Server):
 
     auth_ENABLE = select_ENABLE = (do_ENABLE, _atoms)
     auth_NAMESPACE = select_NAMESPACE = (do_NAMESPACE,)
-    auth_SELECT = select_SELECT = (do_SELECT, _mailbox, True)
-    auth_EXAMINE = select_EXAMINE = (do_SELECT, _mailbox, False)
+    auth_SELECT = select_SELECT = (do_SELECT, _mailbox, _select_params, True)
+    auth_EXAMINE = select_EXAMINE = (do_SELECT, _mailbox, _select_params, False)
     auth_CREATE = select_CREATE = (do_CREATE, _mailbox)
     auth_DELETE = select_DELETE = (do_DELETE, _mailbox)
     auth_RENAME = select_RENAME = (do_RENAME, _mailbox, _mailbox)
@@ -1111,7 +1234,9 @@ class IMAPServer(imap4.IMAP4Server):
         self._ok(tag, b"UNSELECT completed")
 
     async def do_EXPUNGE(self, tag, seqset=None):
-        """RFC 3501 §6.4.3, and UID EXPUNGE (RFC 4315 §2.1) with a UID set."""
+        """RFC 3501 §6.4.3, and UID EXPUNGE (RFC 4315 §2.1) with a UID set;
+        with CONDSTORE on, the tagged OK carries HIGHESTMODSEQ (RFC 7162
+        §3.1.12), since removals carry no MODSEQ of their own."""
         selected = self._writable()
         among = None
         if seqset is not None:
@@ -1120,47 +1245,131 @@ class IMAPServer(imap4.IMAP4Server):
         if doomed:
             # the responses come back through our own listener, like anyone's
             await selected.live.expunge(doomed)
-        self._ok(tag, b"EXPUNGE completed")
+        self._ok(tag, self._highestmodseq_code() + b"EXPUNGE completed")
+
+    def _highestmodseq_code(self):
+        if self.condstore and self.selected is not None:
+            return b"[HIGHESTMODSEQ %d] " % self.selected.live.highestmodseq
+        return b""
 
     async def do_SEARCH(self, tag, program, by_uid):
         """RFC 3501 §6.4.4: always one ``* SEARCH`` line, also when nothing
-        matches; served from the index, bodies read off the reactor thread."""
-        _charset, query = program
+        matches; served from the index, bodies read off the reactor thread.
+        ``RETURN (...)`` answers with ESEARCH (RFC 4731 §3.1) and SAVE keeps
+        the result as ``$`` (RFC 5182 §2.1); a MODSEQ key adds the highest
+        mod-sequence of the result (RFC 7162 §3.1.5)."""
         selected = self.selected
+        query = program.query
+        with_modseq = any(isinstance(k, search.ModseqIs) for k in search.leaves(query))
+        if with_modseq:
+            self._enable_condstore()
+        saving = program.returns is not None and "SAVE" in program.returns
+        try:
+            uids = await self._matching_uids(selected, query)
+        except Exception:
+            if saving:
+                selected.saved = frozenset()  # RFC 5182 §2.1: a failed SAVE empties $
+            raise
+        if program.returns is None:
+            numbers = uids if by_uid else [selected.seq_of(u) for u in uids]
+            line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
+            if with_modseq and uids:
+                line += b" (MODSEQ %d)" % self._highest_modseq_of(selected, uids)
+            self.sendLine(line)
+        else:
+            self._esearch(tag, selected, uids, program.returns, by_uid, with_modseq)
+        self._ok(tag, b"SEARCH completed")
+
+    async def _matching_uids(self, selected, query):
+        """UIDs of the session's view matching ``query``, ascending."""
         live = selected.live
         view = selected.uids
         info = live.info
         messages = [(n, i) for n, uid in enumerate(view, 1) if (i := info(uid)) is not None]
         scope = search.Scope(recent=frozenset(selected.recent), last_position=len(view),
-                             last_uid=view[-1] if view else 0)
+                             last_uid=view[-1] if view else 0, saved=selected.saved)
         positions = await search.search(live, query, messages, scope)
-        numbers = [view[p - 1] for p in positions] if by_uid else positions
-        self.sendLine(b"* SEARCH" + b"".join(b" %d" % n for n in numbers))
-        self._ok(tag, b"SEARCH completed")
+        return [view[p - 1] for p in positions]
+
+    @staticmethod
+    def _highest_modseq_of(selected, uids):
+        info = selected.live.info
+        return max((i.modseq for u in uids if (i := info(u)) is not None), default=0)
+
+    def _esearch(self, tag, selected, uids, returns, by_uid, with_modseq, ordered=False):
+        """``* ESEARCH (TAG "t") [UID] MIN MAX COUNT ALL [MODSEQ]`` (RFC 4731
+        §3.1; RFC 5267 §3.2 for SORT: then MIN/MAX/ALL follow the sort
+        order); SAVE keeps ``$`` (RFC 5182 §2.1: only MIN/MAX when no ALL
+        or COUNT is asked)."""
+        reported = uids
+        if returns & {"MIN", "MAX"} and not returns & {"ALL", "COUNT"}:
+            reported = list(dict.fromkeys(([uids[0]] if "MIN" in returns else [])
+                                          + ([uids[-1]] if "MAX" in returns else []))) \
+                if uids else []
+        if "SAVE" in returns:
+            selected.saved = frozenset(reported)
+        if not returns - {"SAVE"}:
+            return
+        numbers = uids if by_uid else [selected.seq_of(u) for u in uids]
+        parts = [b"* ESEARCH (TAG " + wire.string(tag) + b")"]
+        if by_uid:
+            parts.append(b"UID")
+        if numbers and "MIN" in returns:
+            parts.append(b"MIN %d" % (numbers[0] if ordered else min(numbers)))
+        if numbers and "MAX" in returns:
+            parts.append(b"MAX %d" % (numbers[-1] if ordered else max(numbers)))
+        if "COUNT" in returns:
+            parts.append(b"COUNT %d" % len(numbers))
+        if numbers and "ALL" in returns:
+            parts.append(b"ALL " + (wire.ordered_set(numbers) if ordered
+                                    else wire.number_set(numbers)))
+        if with_modseq and reported:
+            parts.append(b"MODSEQ %d" % self._highest_modseq_of(selected, reported))
+        self.sendLine(b" ".join(parts))
 
     async def do_STORE(self, tag, seqset, action, by_uid):
         """RFC 3501 §6.4.6: the new flags of every message in the set are
-        reported unless .SILENT (others' changes are reported anyway)."""
+        reported unless .SILENT (others' changes are reported anyway). With
+        UNCHANGEDSINCE (RFC 7162 §3.1.3) messages changed after it are left
+        alone and named in [MODIFIED]; with CONDSTORE on, every changed
+        message is reported with its MODSEQ, .SILENT or not."""
         selected = self._writable()
+        if action.unchanged_since is not None:
+            self._enable_condstore()
         targets = selected.resolve(seqset, by_uid)
         flags = [f for f in action.flags if f != "\\Recent"]
         live = selected.live
         uids = [uid for _, uid in targets if live.info(uid) is not None]
+        refused = set()
+        changed = set()
         if uids:
-            await live.set_flags(uids, flags, action.mode, origin=selected)
-        if not action.silent:
-            lines = []
-            for seq, uid in targets:
-                current = live.info(uid)
-                if current is not None:
-                    lines.append(selected.flags_line(seq, current, with_uid=by_uid))
-                if len(lines) >= FAST_BATCH:
-                    self.transport.write(b"\r\n".join(lines) + b"\r\n")
-                    lines = []
-                    await self._gate.wait()
-            if lines and not self._gone:
+            result = await live.set_flags(uids, flags, action.mode,
+                                          unchanged_since=action.unchanged_since,
+                                          origin=selected)
+            refused = set(result.modified)
+            changed = {i.uid for i in result.changed}
+        lines = []
+        for seq, uid in targets:
+            current = live.info(uid)
+            if current is None or uid in refused:
+                continue
+            if action.silent:
+                if selected.condstore and uid in changed:
+                    lines.append(selected.flags_line(seq, current, with_flags=False))
+            else:
+                lines.append(selected.flags_line(seq, current, with_uid=by_uid))
+            if len(lines) >= FAST_BATCH:
                 self.transport.write(b"\r\n".join(lines) + b"\r\n")
-        self._ok(tag, b"STORE completed")
+                lines = []
+                await self._gate.wait()
+        if lines and not self._gone:
+            self.transport.write(b"\r\n".join(lines) + b"\r\n")
+        code = b""
+        if refused:
+            numbers = sorted(refused) if by_uid else sorted(
+                n for u in refused if (n := selected.seq_of(u)) is not None)
+            code = b"[MODIFIED " + wire.number_set(numbers) + b"] "
+        self._ok(tag, code + b"STORE completed")
 
     async def do_COPY(self, tag, seqset, name, by_uid):
         """RFC 3501 §6.4.7 with COPYUID (RFC 4315); quota-checked."""
@@ -1196,12 +1405,36 @@ class IMAPServer(imap4.IMAP4Server):
             target_set = b",".join(b"%d" % t for t in targets)
         return b"[COPYUID %d %s %s] " % (result.uidvalidity, source_set, target_set)
 
-    async def do_FETCH(self, tag, seqset, items, by_uid):
-        """RFC 3501 §6.4.5."""
+    async def do_FETCH(self, tag, seqset, items, modifiers, by_uid):
+        """RFC 3501 §6.4.5, with MODSEQ and the CHANGEDSINCE modifier (RFC
+        7162 §3.1.4, §3.1.6) and UID FETCH's VANISHED modifier (§3.2.6)."""
         selected = self.selected
+        if modifiers.vanished:
+            if not by_uid:
+                raise ParseError("VANISHED is a UID FETCH modifier (RFC 7162 §3.2.6).")
+            if not self.qresync:
+                raise ParseError("Enable QRESYNC first (RFC 7162 §3.2.6).")
+        since = modifiers.changed_since
+        if since is not None or any(i.name == "MODSEQ" for i in items):
+            self._enable_condstore()
         targets = selected.resolve(seqset, by_uid)
         if by_uid and not any(i.name == "UID" for i in items):
             items = (parser.FetchItem("UID"),) + tuple(items)
+        if since is not None:
+            if not any(i.name == "MODSEQ" for i in items):
+                items = tuple(items) + (parser.FetchItem("MODSEQ"),)
+            if modifiers.vanished:
+                live = selected.live
+                if seqset.saved:
+                    ranges = [(u, u) for u in sorted(selected.saved)]
+                else:
+                    ranges = seqset.resolved(max(live.uidnext - 1, 1))
+                vanished = await self._vanished_since(selected, since, ranges)
+                if vanished:
+                    self.sendLine(b"* VANISHED (EARLIER) " + wire.number_set(vanished))
+            info = selected.live.info
+            targets = [(seq, uid) for seq, uid in targets
+                       if (i := info(uid)) is not None and i.modseq > since]
         if all(i.name in _FAST_ITEMS for i in items):
             await self._fetch_fast(selected, targets, items)
         else:
@@ -1223,6 +1456,8 @@ class IMAPServer(imap4.IMAP4Server):
             return b"RFC822.SIZE %d" % info.size
         if name == "INTERNALDATE":
             return b"INTERNALDATE " + wire.internal_date(info.internal_date)
+        if name == "MODSEQ":
+            return b"MODSEQ (%d)" % info.modseq
         raise AssertionError(name)
 
     async def _fetch_fast(self, selected, targets, items):
@@ -1258,6 +1493,7 @@ class IMAPServer(imap4.IMAP4Server):
         sets_seen = selected.rw and any(i.sets_seen for i in items)
         structure_needed = fetch.needs_structure(items)
         wants_flags = any(i.name == "FLAGS" for i in items)
+        wants_modseq = any(i.name == "MODSEQ" for i in items)
         cache = {}
         for start in range(0, len(targets), FULL_BATCH):
             batch = [(seq, uid, live.info(uid)) for seq, uid in targets[start:start + FULL_BATCH]]
@@ -1288,6 +1524,8 @@ class IMAPServer(imap4.IMAP4Server):
                 if uid in newly_seen and not wants_flags:
                     plan = plan + [b"FLAGS " + wire.flag_list(info.flags,
                                                               uid in selected.recent)]
+                if uid in newly_seen and selected.condstore and not wants_modseq:
+                    plan = plan + [b"MODSEQ (%d)" % info.modseq]
                 group.append((seq, uid, plan))
                 budget += sum(p.cost for p in plan if isinstance(p, _Read))
                 if budget >= READ_BUDGET:
@@ -1413,8 +1651,8 @@ class IMAPServer(imap4.IMAP4Server):
     select_UID_EXPUNGE = (do_EXPUNGE, _seqset)
     select_SEARCH = (do_SEARCH, _search_program, False)
     select_UID_SEARCH = (do_SEARCH, _search_program, True)
-    select_FETCH = (do_FETCH, _seqset, _fetch_atts, False)
-    select_UID_FETCH = (do_FETCH, _seqset, _fetch_atts, True)
+    select_FETCH = (do_FETCH, _seqset, _fetch_atts, _fetch_modifiers, False)
+    select_UID_FETCH = (do_FETCH, _seqset, _fetch_atts, _fetch_modifiers, True)
     select_STORE = (do_STORE, _seqset, _store_action, False)
     select_UID_STORE = (do_STORE, _seqset, _store_action, True)
     select_COPY = (do_COPY, _seqset, _mailbox, False)
@@ -1473,6 +1711,12 @@ def _range_reader(reads):
     def read(uid, fileobj):
         return {id(r): r.read(fileobj) for r in reads[uid]}
     return read
+
+
+def _in_ranges(value, ranges):
+    """Is ``value`` in sorted, merged [(low, high)]?"""
+    i = bisect.bisect_right(ranges, (value, float("inf"))) - 1
+    return i >= 0 and ranges[i][0] <= value <= ranges[i][1]
 
 
 def _read_at(fileobj, position, size):

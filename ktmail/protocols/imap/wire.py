@@ -107,6 +107,23 @@ def number_set(numbers):
     return b",".join(out)
 
 
+def ordered_set(numbers):
+    """Ints in a given order (RFC 5267 sorted results) -> a sequence set that
+    keeps the order: only ascending runs become ranges."""
+    out = []
+    start = prev = None
+    for n in numbers:
+        if start is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+        start = prev = n
+    if start is not None:
+        out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+    return b",".join(out)
+
+
 def text(value):
     """``resp-text`` for people: one line of printable ASCII."""
     if isinstance(value, bytes):
