@@ -121,6 +121,9 @@ class LiveFolder:
         self._infos = dict(zip(self.uids, messages, strict=True))
         self._unclaimed_recent = {m[0] for m in messages if m[7]}
         self._listeners = []
+        #: SORT/THREAD keys by UID (services.ordering.keys_for): a message's
+        #: headers never change, so they stay valid while the folder is loaded
+        self.sort_keys = {}
         self.users = 0
         self.closed = False
         self._refresh_waiters = None
@@ -425,6 +428,7 @@ class LiveFolder:
                 self.uids = [u for u in self.uids if u not in removed]
             for uid in gone:
                 del self._infos[uid]
+                self.sort_keys.pop(uid, None)
             self._unclaimed_recent -= removed
             self._notify("messages_expunged", origin, gone)
 

@@ -44,7 +44,7 @@ from ktmail.model import FLAGS_ADD, INBOX, SEEN, SEPARATOR, normalize_folder_nam
 from ktmail.protocols.imap import fetch, parser, wire
 from ktmail.protocols.imap.mailbox import ImapAccount, keyword_flags, pattern_matcher
 from ktmail.protocols.imap.parser import CommandReader, Literal, ParseError
-from ktmail.services import search
+from ktmail.services import ordering, search
 
 log = Logger()
 
@@ -253,6 +253,16 @@ def _search_program(server, reader):
     return parser.search_program(reader)
 
 
+def _sort_program(server, reader):
+    reader.space()
+    return parser.sort_program(reader)
+
+
+def _thread_program(server, reader):
+    reader.space()
+    return parser.thread_program(reader)
+
+
 def _list_command(server, reader):
     reader.space()
     return parser.list_command(reader)
@@ -425,7 +435,8 @@ class IMAPServer(imap4.IMAP4Server):
         return caps + [b"NAMESPACE", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"QUOTA",
                        b"UNSELECT", b"CHILDREN",
                        b"APPENDLIMIT=%d" % self.context.max_message_bytes,
-                       b"CONDSTORE", b"QRESYNC", b"ESEARCH", b"SEARCHRES", b"STATUS=SIZE"]
+                       b"CONDSTORE", b"QRESYNC", b"ESEARCH", b"SEARCHRES", b"STATUS=SIZE",
+                       b"SORT", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES"]
 
     def listCapabilities(self):
         return self.capability_list()
@@ -668,8 +679,9 @@ class IMAPServer(imap4.IMAP4Server):
     # --- responses ---
 
     def _expunge_allowed(self):
-        # RFC 3501 §7.4.1: not during FETCH, STORE or SEARCH (UID forms may)
-        return self._current not in (b"FETCH", b"STORE", b"SEARCH")
+        # RFC 3501 §7.4.1: not during FETCH, STORE or SEARCH (UID forms
+        # may); RFC 5256 §3: SORT and THREAD are like SEARCH
+        return self._current not in (b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD")
 
     def _send_updates(self, allow_expunge=None):
         selected = self.selected
@@ -1327,6 +1339,45 @@ class IMAPServer(imap4.IMAP4Server):
             parts.append(b"MODSEQ %d" % self._highest_modseq_of(selected, reported))
         self.sendLine(b" ".join(parts))
 
+    async def do_SORT(self, tag, program, by_uid):
+        """RFC 5256 §3 SORT from the index's cached summaries (keys built
+        once per message); ``RETURN (...)`` answers with ESEARCH in sort
+        order (RFC 5267 §3.2 ESORT)."""
+        selected = self.selected
+        items = await self._ordering_items(selected, program.query)
+        ordered = ordering.sort(items, program.criteria)
+        uids = [i.info.uid for i in ordered]
+        if program.returns is None:
+            numbers = uids if by_uid else [i.position for i in ordered]
+            self.sendLine(b"* SORT" + b"".join(b" %d" % n for n in numbers))
+        else:
+            self._esearch(tag, selected, uids, program.returns, by_uid, False, ordered=True)
+        self._ok(tag, b"SORT completed")
+
+    async def do_THREAD(self, tag, program, by_uid):
+        """RFC 5256 §3 THREAD=ORDEREDSUBJECT and THREAD=REFERENCES."""
+        algorithm, query = program
+        selected = self.selected
+        items = await self._ordering_items(selected, query)
+        if algorithm == "ORDEREDSUBJECT":
+            roots = ordering.thread_ordered_subject(items)
+        else:
+            roots = ordering.thread_references(items)
+
+        def number(item):
+            return item.info.uid if by_uid else item.position
+        self.sendLine(b"* THREAD " + b"".join(b"(" + ordering.render(root, number) + b")"
+                                              for root in roots) if roots else b"* THREAD")
+        self._ok(tag, b"THREAD completed")
+
+    async def _ordering_items(self, selected, query):
+        """The messages matching ``query`` as ordering.Item (position, info, keys)."""
+        uids = await self._matching_uids(selected, query)
+        keys = await ordering.keys_for(selected.live, uids)
+        info = selected.live.info
+        return [ordering.Item(selected.seq_of(u), i, keys[u]) for u in uids
+                if u in keys and (i := info(u)) is not None]
+
     async def do_STORE(self, tag, seqset, action, by_uid):
         """RFC 3501 §6.4.6: the new flags of every message in the set are
         reported unless .SILENT (others' changes are reported anyway). With
@@ -1651,6 +1702,10 @@ class IMAPServer(imap4.IMAP4Server):
     select_UID_EXPUNGE = (do_EXPUNGE, _seqset)
     select_SEARCH = (do_SEARCH, _search_program, False)
     select_UID_SEARCH = (do_SEARCH, _search_program, True)
+    select_SORT = (do_SORT, _sort_program, False)
+    select_UID_SORT = (do_SORT, _sort_program, True)
+    select_THREAD = (do_THREAD, _thread_program, False)
+    select_UID_THREAD = (do_THREAD, _thread_program, True)
     select_FETCH = (do_FETCH, _seqset, _fetch_atts, _fetch_modifiers, False)
     select_UID_FETCH = (do_FETCH, _seqset, _fetch_atts, _fetch_modifiers, True)
     select_STORE = (do_STORE, _seqset, _store_action, False)
