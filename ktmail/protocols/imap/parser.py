@@ -897,11 +897,12 @@ class ListCommand:
     reference: str
     patterns: tuple
     selection: frozenset = frozenset()   # SUBSCRIBED, SPECIAL-USE, RECURSIVEMATCH, REMOTE
-    returns: frozenset = frozenset()     # SUBSCRIBED, CHILDREN, SPECIAL-USE
+    returns: frozenset = frozenset()     # SUBSCRIBED, CHILDREN, SPECIAL-USE, STATUS
+    status_items: tuple = ()             # RETURN (STATUS (...)) (RFC 5819)
 
 
 _SELECTION = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
-_RETURNS = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"}
+_RETURNS = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"}
 
 
 def _pattern(reader):
@@ -937,18 +938,25 @@ def list_command(reader):
     else:
         patterns = [_pattern(reader)]
     returns = set()
+    items = ()
     if reader.peek() == b" ":
         reader.space()
         reader.expect(b"RETURN")
         reader.space()
-        for word in reader.paren_list(reader.atom):
-            word = word.upper().decode("ascii")
-            if word in _RETURNS:
-                returns.add(word)
-            else:
-                raise ParseError(f"Unknown LIST return option {word}.")
+
+        def option():
+            nonlocal items
+            word = reader.atom().upper().decode("ascii")
+            if word not in _RETURNS or word in returns:
+                raise ParseError(f"Unknown or repeated LIST return option {word}.")
+            returns.add(word)
+            if word == "STATUS":
+                reader.space()
+                items = status_items(reader)   # RFC 5819 §2
+        reader.paren_list(option)
     reader.end()
-    return ListCommand(reference, tuple(patterns), frozenset(selection), frozenset(returns))
+    return ListCommand(reference, tuple(patterns), frozenset(selection), frozenset(returns),
+                       items)
 
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "APPENDLIMIT",

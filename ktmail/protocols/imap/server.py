@@ -436,7 +436,8 @@ class IMAPServer(imap4.IMAP4Server):
                        b"UNSELECT", b"CHILDREN",
                        b"APPENDLIMIT=%d" % self.context.max_message_bytes,
                        b"CONDSTORE", b"QRESYNC", b"ESEARCH", b"SEARCHRES", b"STATUS=SIZE",
-                       b"SORT", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES"]
+                       b"SORT", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
+                       b"LIST-EXTENDED", b"LIST-STATUS"]
 
     def listCapabilities(self):
         return self.capability_list()
@@ -1081,41 +1082,82 @@ class IMAPServer(imap4.IMAP4Server):
         self._ok(tag, b"UNSUBSCRIBE completed")
 
     async def do_LIST(self, tag, command):
-        """RFC 3501 §6.3.8 with CHILDREN (RFC 3348) and SPECIAL-USE (RFC 6154)
-        attributes, and the RFC 5258 selection/return options SUBSCRIBED and
-        SPECIAL-USE."""
-        if command.patterns == ("",):
+        """RFC 3501 §6.3.8 with LIST-EXTENDED (RFC 5258: several patterns,
+        selection options SUBSCRIBED, REMOTE, RECURSIVEMATCH, SPECIAL-USE,
+        return options CHILDREN, SUBSCRIBED, SPECIAL-USE, the CHILDINFO
+        extended item), CHILDREN (RFC 3348), SPECIAL-USE (RFC 6154) and
+        LIST-STATUS (RFC 5819: a STATUS line after each selectable folder)."""
+        if command.patterns == ("",) and not command.selection:
             # RFC 3501: the hierarchy delimiter and the root
             self.sendLine(b'* LIST (\\Noselect) "/" ""')
             self._ok(tag, b"LIST completed")
             return
         matchers = [pattern_matcher(command.reference, p) for p in command.patterns]
+        if "HIGHESTMODSEQ" in command.status_items:
+            self._enable_condstore()
+
+        def matches(name):
+            return any(m(name) for m in matchers)
         infos = await self.account.list_folders()
-        wants_subscribed = "SUBSCRIBED" in command.selection | command.returns
+        selection = command.selection
+        wants_subscribed = "SUBSCRIBED" in selection | command.returns
         subscribed = set(await self.account.list_subscriptions()) if wants_subscribed else set()
-        special_only = "SPECIAL-USE" in command.selection
-        existing = {i.name for i in infos}
+        by_name = {i.name: i for i in infos}
+
+        def selected_by_options(name):
+            info = by_name.get(name)
+            if "SUBSCRIBED" in selection and name not in subscribed:
+                return False
+            if "SPECIAL-USE" in selection and (info is None or not info.special_use):
+                return False
+            return True
+
+        names = set(by_name)
+        if "SUBSCRIBED" in selection:
+            names |= subscribed
+        # RFC 5258 §3.5 RECURSIVEMATCH: a folder whose descendants meet the
+        # selection criteria is listed with CHILDINFO, even if it does not
+        childinfo = set()
+        if "RECURSIVEMATCH" in selection:
+            for name in names:
+                if selected_by_options(name):
+                    parts = name.split(SEPARATOR)
+                    for n in range(1, len(parts)):
+                        childinfo.add(SEPARATOR.join(parts[:n]))
         lines = []
-        for info in infos:
-            if not any(m(info.name) for m in matchers):
+        for name in names:
+            if not matches(name):
                 continue
-            if "SUBSCRIBED" in command.selection and info.name not in subscribed:
+            listed = selected_by_options(name)
+            if not listed and name not in childinfo:
                 continue
-            if special_only and not info.special_use:
-                continue
-            attributes = [b"\\HasChildren" if info.has_children else b"\\HasNoChildren"]
-            if info.special_use:
-                attributes.append(info.special_use.encode("ascii"))
-            if wants_subscribed and info.name in subscribed:
+            info = by_name.get(name)
+            attributes = []
+            if info is None:
+                attributes.append(b"\\NonExistent")
+            else:
+                attributes.append(b"\\HasChildren" if info.has_children
+                                  else b"\\HasNoChildren")
+                if info.special_use:
+                    attributes.append(info.special_use.encode("ascii"))
+            if wants_subscribed and name in subscribed:
                 attributes.append(b"\\Subscribed")
-            lines.append((info.name != INBOX, info.name, attributes))
-        if "SUBSCRIBED" in command.selection and not special_only:
-            for name in sorted(subscribed - existing):
-                if any(m(name) for m in matchers):
-                    lines.append((True, name, [b"\\NonExistent", b"\\Subscribed"]))
-        for _, name, attributes in sorted(lines):
+            extended = b""
+            if name in childinfo:
+                reasons = [b'"SUBSCRIBED"'] if "SUBSCRIBED" in selection else []
+                if "SPECIAL-USE" in selection:
+                    reasons.append(b'"SPECIAL-USE"')
+                extended = b' ("CHILDINFO" (' + b" ".join(reasons) + b"))"
+            lines.append((name != INBOX, name, attributes, extended, info is not None))
+        for _, name, attributes, extended, exists in sorted(lines):
             self.sendLine(b"* LIST (" + b" ".join(attributes) + b') "/" '
-                          + wire.mailbox(name))
+                          + wire.mailbox(name) + extended)
+            if "STATUS" in command.returns and exists:
+                try:
+                    status = await self.account.status(name)
+                except errors.NoSuchFolder:
+                    continue  # deleted meanwhile: RFC 5819 §2 sends no STATUS
+                self.sendLine(self._status_line(status, command.status_items))
         self._ok(tag, b"LIST completed")
 
     async def do_LSUB(self, tag, reference, pattern):
