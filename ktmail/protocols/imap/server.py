@@ -31,6 +31,7 @@ import bisect
 import inspect
 import io
 import re
+import zlib
 
 import attrs
 from twisted.internet import defer, interfaces, protocol, task
@@ -42,6 +43,7 @@ import ktmail
 from ktmail import errors
 from ktmail.model import FLAGS_ADD, INBOX, SEEN, SEPARATOR, normalize_folder_name
 from ktmail.protocols.imap import fetch, parser, wire
+from ktmail.protocols.imap.compress import DeflateTransport, Inflater
 from ktmail.protocols.imap.mailbox import ImapAccount, keyword_flags, pattern_matcher
 from ktmail.protocols.imap.parser import CommandReader, Literal, ParseError
 from ktmail.services import ordering, search
@@ -311,6 +313,11 @@ def _atoms(server, reader):
     return out
 
 
+def _atom(server, reader):
+    reader.space()
+    return reader.atom()
+
+
 def _quota_root(server, reader):
     reader.space()
     return reader.astring()
@@ -372,6 +379,8 @@ class IMAPServer(imap4.IMAP4Server):
         self._auth_failures = 0
         self._quota_alerted = False
         self._enabled = set()
+        #: the client's deflate stream once COMPRESS is active (RFC 4978)
+        self._inflater = None
 
     # --- connection ---
 
@@ -437,7 +446,7 @@ class IMAPServer(imap4.IMAP4Server):
                        b"APPENDLIMIT=%d" % self.context.max_message_bytes,
                        b"CONDSTORE", b"QRESYNC", b"ESEARCH", b"SEARCHRES", b"STATUS=SIZE",
                        b"SORT", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
-                       b"LIST-EXTENDED", b"LIST-STATUS"]
+                       b"LIST-EXTENDED", b"LIST-STATUS", b"COMPRESS=DEFLATE"]
 
     def listCapabilities(self):
         return self.capability_list()
@@ -445,6 +454,25 @@ class IMAPServer(imap4.IMAP4Server):
     # --- reception: lines, over-long lines, literals ---
 
     def dataReceived(self, data):
+        if self._inflater is None:
+            self._plain_received(data)
+            return
+        if not data:
+            # resuming after a command: the lines already inflated come first
+            self._plain_received(b"")
+        self._inflater.feed(data)
+        try:
+            self._inflater.drain()
+        except zlib.error:
+            self._inflater = None
+            self.sendLine(b"* BYE The compressed data from the client is corrupt.")
+            self._drop()
+
+    def _wants_input(self):
+        """May more (inflated) input go into the line buffer now?"""
+        return not self._gone and not (self.paused and len(self._buffer) > MAX_BUFFERED)
+
+    def _plain_received(self, data):
         if self._skipping:
             end = data.find(b"\n")
             if end < 0:
@@ -567,7 +595,10 @@ class IMAPServer(imap4.IMAP4Server):
             rest = data[need:]
         if sink.remaining == 0:
             self._literal_done()
-            self.setLineMode(rest)
+            # not setLineMode(rest): it would feed ``rest``, already plain
+            # (inflated) bytes, through dataReceived again
+            if rest:
+                self._plain_received(rest)
 
     def _literal_done(self):
         framed, sink, size = self._literal
@@ -924,6 +955,25 @@ class IMAPServer(imap4.IMAP4Server):
         if self.selected is not None:
             self.selected.qresync = True
 
+    async def do_COMPRESS(self, tag, mechanism):
+        """RFC 4978 §3: after the tagged OK (sent uncompressed) both
+        directions are raw deflate; see protocols/imap/compress.py."""
+        if mechanism.upper() != b"DEFLATE":
+            self._answer(tag, b"NO", b"[CANNOT] Only DEFLATE is offered.")
+            return
+        if self._inflater is not None:
+            self._answer(tag, b"NO", b"[COMPRESSIONACTIVE] DEFLATE is already active.")
+            return
+        self._ok(tag, b"DEFLATE active")
+        if self._gone:
+            return
+        # a client does not send more before this answer (it could not know
+        # whether it would be compressed); anything already here is
+        leftover, self._buffer = self._buffer, b""
+        self.transport = DeflateTransport(self.transport)
+        self._inflater = Inflater(self._plain_received, self._wants_input)
+        self._inflater.feed(leftover)
+
     async def do_NAMESPACE(self, tag):
         """RFC 2342: one personal namespace with "/" as separator."""
         self.sendLine(b'* NAMESPACE (("" "/")) NIL NIL')
@@ -1245,6 +1295,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     auth_ENABLE = select_ENABLE = (do_ENABLE, _atoms)
     auth_NAMESPACE = select_NAMESPACE = (do_NAMESPACE,)
+    auth_COMPRESS = select_COMPRESS = (do_COMPRESS, _atom)
     auth_SELECT = select_SELECT = (do_SELECT, _mailbox, _select_params, True)
     auth_EXAMINE = select_EXAMINE = (do_SELECT, _mailbox, _select_params, False)
     auth_CREATE = select_CREATE = (do_CREATE, _mailbox)
