@@ -133,6 +133,55 @@ class ImaplibTests(DaemonTestCase):
         self.assertEqual(lines, [b'(\\HasNoChildren) "/" Kvitton/F&APY-rs&AOQ-kring'])
         self.assertEqual(m.select('"Kvitton/F&APY-rs&AOQ-kring"')[0], "OK")
 
+    def test_qresync_with_imaplib(self):
+        """RFC 7162 against the daemon (Maildir store, index on disk): a
+        client that remembers UIDVALIDITY and HIGHESTMODSEQ resynchronises
+        an unchanged folder with no FETCH or VANISHED at all, and after
+        changes made by another session learns exactly the removed UIDs
+        (VANISHED (EARLIER)) and the changed flags, also after a restart
+        of the daemon."""
+        def connect():
+            client = imaplib.IMAP4_SSL("localhost", self.daemon.ports["imap"],
+                                       ssl_context=self.daemon.client_tls(), timeout=60)
+            client.login("bob_u", PASSWORD)
+            return client
+        other = connect()
+        for n in range(20):
+            other.append("INBOX", None, None, message(n))
+        m = connect()
+        self.assertIn(b"QRESYNC", m.capability()[1][0].split())
+        self.assertEqual(m.enable("QRESYNC")[0], "OK")
+        self.assertEqual(m.select("INBOX")[0], "OK")
+        validity = int(m.untagged_responses["UIDVALIDITY"][-1])
+        modseq = int(m.untagged_responses["HIGHESTMODSEQ"][-1])
+        m.unselect()
+
+        def resync():
+            for key in ("VANISHED", "FETCH"):
+                m.untagged_responses.pop(key, None)
+            typ, _ = m._simple_command("SELECT", "INBOX", f"(QRESYNC ({validity} {modseq} 1:20))")
+            self.assertEqual(typ, "OK")
+            return (m.untagged_responses.pop("VANISHED", []),
+                    m.untagged_responses.pop("FETCH", []))
+        self.assertEqual(resync(), ([], []))
+        other.select("INBOX")
+        other.store("3,5", "+FLAGS", "(\\Deleted)")
+        other.expunge()
+        other.store("1", "+FLAGS", "(\\Flagged)")
+        vanished, fetched = resync()
+        self.assertEqual(vanished, [b"(EARLIER) 3,5"])
+        self.assertEqual(len(fetched), 1)
+        self.assertRegex(fetched[0], rb"^1 \(UID 1 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)$")
+        m.logout()
+        other.logout()
+        self.daemon.restart()
+        m = connect()
+        m.enable("QRESYNC")
+        m.select("INBOX")
+        vanished, fetched = resync()
+        self.assertEqual((vanished, len(fetched)), ([b"(EARLIER) 3,5"], 1))
+        m.logout()
+
     def test_idle_sees_another_session_within_a_second(self):
         """Issue 4: an APPEND, a flag change and an expunge in one session
         reach another session in IDLE within a second."""
