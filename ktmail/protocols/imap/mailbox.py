@@ -140,6 +140,18 @@ class ImapAccount:
     def quota(self):
         return self.mailboxes.quota(self.mailbox)
 
+    def remove(self, stored):
+        """Take back messages just appended (a MULTIAPPEND that failed
+        part-way): ``stored`` are their model.StoredMessage results."""
+        by_folder = {}
+        for message in stored:
+            by_folder.setdefault(message.folder, []).append(message.info.uid)
+
+        async def run():
+            for folder, uids in by_folder.items():
+                await self.mailboxes.expunge(self.mailbox, folder, uids)
+        return defer.ensureDeferred(run())
+
     def append(self, name, source, flags, internal_date):
         """``source``: a path (a finished spool file, which the store links
         rather than copies when it can) or a binary file object."""

@@ -20,8 +20,9 @@ import attrs
 from ktmail.model import INBOX, decode_mutf7
 from ktmail.services import search as q
 
-#: ``{123}`` or ``{123+}`` at the end of a line (RFC 3501 §4.3, RFC 7888)
-LITERAL_MARKER = re.compile(rb"\{(\d{1,19})(\+?)\}\Z")
+#: ``{123}`` or ``{123+}`` at the end of a line (RFC 3501 §4.3, RFC 7888),
+#: or the ``~{123}`` of a literal8 (RFC 3516 §4.4, APPEND only)
+LITERAL_MARKER = re.compile(rb"~?\{(\d{1,19})(\+?)\}\Z")
 
 _ATOM = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\\]]+")
 # 8-bit bytes are taken in atoms and quoted strings although RFC 3501 wants
@@ -169,6 +170,8 @@ class CommandReader:
         literal = self._literal_here()
         if literal is None:
             raise ParseError("Expected a string.")
+        if self.peek() == b"~":
+            raise ParseError("A literal8 (~{n}) may only carry an APPEND message.")
         self._take_literal()
         if literal.data is None:
             raise ParseError("Literal too large here.")

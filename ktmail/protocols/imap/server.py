@@ -56,6 +56,9 @@ MAX_MEMORY_LITERAL = 64 * 1024
 MAX_LITERAL_UNAUTHENTICATED = 8 * 1024
 #: command bytes held in memory (lines plus in-memory literals)
 MAX_COMMAND_BYTES = 1024 * 1024
+#: message bytes of one APPEND command (MULTIAPPEND, RFC 3502): the quota
+#: could never take more
+MAX_APPEND_COMMAND_BYTES = 1024 * 1024 * 1024
 #: pipelined input held while a command runs before the socket stops being read
 MAX_BUFFERED = 256 * 1024
 #: failed logins on one connection before it is closed
@@ -166,6 +169,8 @@ class _Framed:
     segments: list = attrs.field(factory=list)
     size: int = 0
     refusal: tuple | None = None
+    #: bytes of the APPEND messages before this literal (MULTIAPPEND)
+    append_bytes: int = 0
 
     @property
     def tag(self):
@@ -276,13 +281,17 @@ def _status_items(server, reader):
 
 
 def _append_args(server, reader):
+    """``mailbox 1*(SP [flags SP] [date-time SP] literal)``: several messages
+    are MULTIAPPEND (RFC 3502 §6.3.11). -> (name, [(flags, date, Literal)])."""
     reader.space()
     name = parser.mailbox(reader)
-    reader.space()
-    flags = parser.optional_flag_list(reader)
-    date = parser.optional_date_time(reader)
-    literal = reader.literal()
-    return name, tuple(flags or ()), date, literal
+    messages = []
+    while reader.peek() == b" " or not messages:
+        reader.space()
+        flags = parser.optional_flag_list(reader)
+        date = parser.optional_date_time(reader)
+        messages.append((tuple(flags or ()), date, reader.literal()))
+    return name, messages
 
 
 def _auth_args(server, reader):
@@ -446,7 +455,8 @@ class IMAPServer(imap4.IMAP4Server):
                        b"APPENDLIMIT=%d" % self.context.max_message_bytes,
                        b"CONDSTORE", b"QRESYNC", b"ESEARCH", b"SEARCHRES", b"STATUS=SIZE",
                        b"SORT", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
-                       b"LIST-EXTENDED", b"LIST-STATUS", b"COMPRESS=DEFLATE"]
+                       b"LIST-EXTENDED", b"LIST-STATUS", b"COMPRESS=DEFLATE", b"BINARY",
+                       b"MULTIAPPEND"]
 
     def listCapabilities(self):
         return self.capability_list()
@@ -530,6 +540,9 @@ class IMAPServer(imap4.IMAP4Server):
             if is_append and size > self.context.max_message_bytes:
                 framed.refusal = (b"NO", b"[TOOBIG] The message is larger than the %d-byte "
                                   b"limit (APPENDLIMIT)." % self.context.max_message_bytes)
+            elif is_append and framed.append_bytes + size > MAX_APPEND_COMMAND_BYTES:
+                framed.refusal = (b"NO", b"[LIMIT] Too much in one APPEND; send fewer "
+                                  b"messages at a time.")
             elif not is_append and size > (MAX_MEMORY_LITERAL if authenticated
                                            else MAX_LITERAL_UNAUTHENTICATED):
                 framed.refusal = (b"BAD", b"The literal is too large for this command.")
@@ -550,7 +563,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._stop_reading()
 
         def decided(quota):
-            if quota.used_bytes + size > quota.limit_bytes:
+            if quota.used_bytes + framed.append_bytes + size > quota.limit_bytes:
                 self._framing = None
                 self._answer(framed.tag, b"NO", b"[OVERQUOTA] " + wire.text(
                     errors.QuotaExceeded.default_text))
@@ -570,11 +583,15 @@ class IMAPServer(imap4.IMAP4Server):
         _tag, name = framed.words()
         if framed.refusal is not None:
             sink = _DiscardSink(size)
-        elif name == b"APPEND" and size > MAX_MEMORY_LITERAL:
+        elif name == b"APPEND" and (size > MAX_MEMORY_LITERAL
+                                    or framed.size + size > MAX_COMMAND_BYTES):
             sink = _SpoolSink(self.context.new_spool(), size)
+            framed.append_bytes += size
         else:
             sink = _MemorySink(size)
             framed.size += size
+            if name == b"APPEND":
+                framed.append_bytes += size
         self._literal = (framed, sink, size)
         if not non_sync:
             self.sendLine(b"+ Ready for literal data")
@@ -758,6 +775,8 @@ class IMAPServer(imap4.IMAP4Server):
         error = failure.value
         if failure.check(ParseError):
             self._answer(tag, b"BAD", wire.text(str(error)))
+        elif failure.check(_UnknownCTE):
+            self._answer(tag, b"NO", b"[UNKNOWN-CTE] The part's transfer encoding is unknown.")
         elif failure.check(errors.KtmailError):
             self._answer(tag, b"NO", self._error_code(error, name) + wire.text(error.text))
         else:
@@ -1242,20 +1261,35 @@ class IMAPServer(imap4.IMAP4Server):
 
     async def do_APPEND(self, tag, arguments):
         """RFC 3501 §6.3.11 with APPENDUID (RFC 4315), [TOOBIG] and
-        [OVERQUOTA]; the message was streamed to a spool file as it arrived."""
-        name, flags, date, literal = arguments
-        if literal.size > self.context.max_message_bytes:
-            raise errors.TooBig()
-        if literal.spool is not None:
-            await literal.spool.finish()
-            source = literal.spool.path
-        else:
-            source = io.BytesIO(literal.data)
-        stored = await self.account.append(name, source, [f for f in flags
-                                                          if f != "\\Recent"], date)
+        [OVERQUOTA]; each message was streamed to a spool file as it
+        arrived; a literal8 (RFC 3516 §4.4) is taken as it is. Several
+        messages are MULTIAPPEND (RFC 3502): all of them are stored or none
+        (the ones stored before a failure are removed again)."""
+        name, messages = arguments
+        for _flags, _date, literal in messages:
+            if literal.size > self.context.max_message_bytes:
+                raise errors.TooBig()
+        if len(messages) > 1:
+            quota = await self.account.quota()
+            if quota.used_bytes + sum(m[2].size for m in messages) > quota.limit_bytes:
+                raise errors.QuotaExceeded()
+        stored = []
+        try:
+            for flags, date, literal in messages:
+                if literal.spool is not None:
+                    await literal.spool.finish()
+                    source = literal.spool.path
+                else:
+                    source = io.BytesIO(literal.data)
+                stored.append(await self.account.append(
+                    name, source, [f for f in flags if f != "\\Recent"], date))
+        except Exception:
+            if stored:
+                await self.account.remove(stored)
+            raise
         await self._quota_alert()
-        self._ok(tag, b"[APPENDUID %d %d] APPEND completed" % (stored.uidvalidity,
-                                                               stored.info.uid))
+        uids = wire.number_set([s.info.uid for s in stored])
+        self._ok(tag, b"[APPENDUID %d %s] APPEND completed" % (stored[-1].uidvalidity, uids))
 
     async def do_GETQUOTAROOT(self, tag, name):
         """RFC 9208 §4.3.2: one quota root, "", for all folders together."""
@@ -1711,6 +1745,8 @@ class IMAPServer(imap4.IMAP4Server):
                 plan.append(b"BODY " + fetch.body_structure(structure, False))
             elif name == "RFC822.HEADER":
                 plan.append(_Read(b"RFC822.HEADER", header=True))
+            elif name in ("BINARY[]", "BINARY.SIZE"):
+                plan.append(self._binary_plan(item, info, structure))
             else:
                 if name == "RFC822":
                     label, section, partial = b"RFC822", parser.Section(), None
@@ -1738,8 +1774,29 @@ class IMAPServer(imap4.IMAP4Server):
                     plan.append(_Stream(label, begin, end))
         return plan
 
+    @staticmethod
+    def _binary_plan(item, info, structure):
+        """RFC 3516 §4.2: BINARY[section]<partial> and BINARY.SIZE[section],
+        the part's transfer encoding decoded (small parts in the batch read,
+        large ones into a temporary file on a worker thread)."""
+        label = fetch.binary_label(item)
+        try:
+            target = fetch.binary_target(structure, item.section, info.size)
+        except fetch.UnknownCTE:
+            raise _UnknownCTE() from None
+        if target is None:
+            return label + b" NIL"
+        start, end, encoding = target
+        size_only = item.name == "BINARY.SIZE"
+        if encoding is None and size_only:
+            return label + b" %d" % (end - start)
+        if end - start <= INLINE_BODY:
+            return _Read(label, span=(start, end), decode=encoding or "", partial=item.partial,
+                         size_only=size_only)
+        return _BinaryStream(label, start, end, encoding, item.partial, size_only)
+
     async def _write_message(self, live, seq, uid, plan, data):
-        streams = [p for p in plan if isinstance(p, _Stream)]
+        streams = [p for p in plan if isinstance(p, (_Stream, _BinaryStream))]
         fileobj = None
         if streams:
             try:
@@ -1753,8 +1810,24 @@ class IMAPServer(imap4.IMAP4Server):
                 if isinstance(piece, bytes):
                     pieces.append(prefix + piece)
                 elif isinstance(piece, _Read):
-                    pieces.append(prefix + piece.label + b" " + wire.literal(
-                        piece.render(data[id(piece)])))
+                    pieces.append(prefix + piece.response(data[id(piece)]))
+                elif isinstance(piece, _BinaryStream):
+                    decoded, size, nul = await self.context.run_in_thread(
+                        fetch.decode_to_file, fileobj, piece.start, piece.end, piece.encoding)
+                    try:
+                        if piece.size_only:
+                            pieces.append(prefix + piece.label + b" %d" % size)
+                            continue
+                        begin, end = fetch.apply_partial(0, size, piece.partial)
+                        pieces.append(prefix + piece.label + (b" ~{%d}\r\n" if nul else
+                                                              b" {%d}\r\n") % (end - begin))
+                        if self._gone:
+                            raise _Gone()
+                        self.transport.write(b"".join(pieces))
+                        pieces = []
+                        await self._stream(decoded, begin, end)
+                    finally:
+                        decoded.close()
                 else:
                     pieces.append(prefix + piece.label + b" {%d}\r\n" % (piece.end - piece.start))
                     if self._gone:
@@ -1809,17 +1882,35 @@ class IMAPServer(imap4.IMAP4Server):
     select_UID_MOVE = (do_MOVE, _seqset, _mailbox, True)
 
 
+class _UnknownCTE(Exception):
+    """BINARY of a part whose transfer encoding is unknown (RFC 3516 §4.3)."""
+
+
 @attrs.frozen
 class _Read:
     """A FETCH item whose bytes are read with the batch: a byte ``span`` of
     the file, or the header block (``header``), filtered by a
-    HEADER.FIELDS ``section``, cut by ``partial``."""
+    HEADER.FIELDS ``section``, cut by ``partial``; for BINARY (``decode``
+    not None: "" for none, else the transfer encoding) decoded first, and
+    only its size for BINARY.SIZE."""
 
     label: bytes
     span: tuple | None = None
     header: bool = False
     section: object = None
     partial: tuple | None = None
+    decode: str | None = None
+    size_only: bool = False
+
+    def response(self, data):
+        if self.decode is None:
+            return self.label + b" " + wire.literal(self.render(data))
+        if self.size_only:
+            return self.label + b" %d" % len(data)
+        if self.partial is not None:
+            origin, length = self.partial
+            data = data[origin:origin + length]
+        return self.label + b" " + wire.literal8(data)
 
     @property
     def cost(self):
@@ -1831,6 +1922,8 @@ class _Read:
     def read(self, fileobj):
         if self.header:
             return search.read_header_block(fileobj)
+        if self.decode is not None:
+            return fetch.decode_range(fileobj, *self.span, self.decode or None)
         start, end = self.span
         fileobj.seek(start)
         return fileobj.read(end - start)
@@ -1851,6 +1944,18 @@ class _Stream:
     label: bytes
     start: int
     end: int
+
+
+@attrs.frozen
+class _BinaryStream:
+    """A large BINARY item: decoded into a temporary file, then streamed."""
+
+    label: bytes
+    start: int
+    end: int
+    encoding: str | None
+    partial: tuple | None
+    size_only: bool
 
 
 def _range_reader(reads):

@@ -37,6 +37,15 @@ def literal(data):
     return b"{%d}\r\n%s" % (len(data), data)
 
 
+def literal8(data):
+    """RFC 3516 ``literal8`` (``~{n}``) when the bytes hold a NUL, else an
+    ordinary literal: the bytes go out exactly as they are."""
+    data = _bytes(data)
+    if b"\x00" in data:
+        return b"~{%d}\r\n%s" % (len(data), data)
+    return b"{%d}\r\n%s" % (len(data), data)
+
+
 def string(value):
     """A ``string``: quoted when it can be, else a literal."""
     data = _bytes(value).replace(b"\x00", b"")
