@@ -16,7 +16,7 @@ import urllib.parse
 import attrs
 
 from ktmail.errors import ValidationError
-from ktmail.model import normalize_domain
+from ktmail.model import Address, normalize_domain
 
 DEFAULT_DOMAINS = (
     "sboksi.fi", "minmail.fi", "livenet.fi", "message.fi", "2me.fi", "myhome.fi",
@@ -141,6 +141,9 @@ class Config:
     relay: RelayConfig
     clients: ClientsConfig
     spam: SpamConfig = SpamConfig()
+    #: the mailbox that receives postmaster@ and abuse@ of every hosted domain
+    #: (RFC 5321 §4.5.1, RFC 2142) unless a mailbox of that name exists
+    postmaster: Address | None = None
     #: None: the SQLite file ``<data_dir>/ktmail.db``
     database: DatabaseConfig | None = None
 
@@ -196,6 +199,16 @@ def _bytes(text):
     if value <= 0:
         raise ValidationError("must be more than 0")
     return value
+
+
+def _address(text):
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return Address.parse(text)
+    except ValidationError:
+        raise ValidationError(f"'{text}' is not an e-mail address (local@domain)") from None
 
 
 def _positive_int(text):
@@ -288,6 +301,7 @@ _SCHEMA = {
         "domains": (_domains, " ".join(DEFAULT_DOMAINS)),
         "tls_cert": (_path, None),
         "tls_key": (_path, None),
+        "postmaster": (_address, None),
     },
     "listen": {name: (_endpoint, getattr(ListenConfig(), name))
                for name in attrs.fields_dict(ListenConfig)},
@@ -402,6 +416,12 @@ def parse_config(text, path="ktmail.ini"):
     if cert and key:
         tls = TLSConfig(cert=resolve(cert), key=resolve(key))
 
+    postmaster = values.get(("ktmail", "postmaster"))
+    domains = values.get(("ktmail", "domains")) or ()
+    if postmaster is not None and domains and postmaster.domain not in domains:
+        problems.append(f"ktmail.postmaster: {postmaster} is not on a hosted domain "
+                        "(see ktmail.domains)")
+
     if problems:
         raise ConfigError(path, problems)
 
@@ -426,6 +446,7 @@ def parse_config(text, path="ktmail.ini"):
         spam=SpamConfig(required_score=values["spam", "required_score"],
                         rule_scores=tuple(sorted(rule_scores))),
         database=database,
+        postmaster=values["ktmail", "postmaster"],
     )
 
 

@@ -156,7 +156,8 @@ def build_core(config, reactor, resolver=None):
                       hostname=config.hostname)
     mailboxes = MailboxService(mail, spam, config.limits, reactor)
     delivery = DeliveryService(store, mailboxes, spam, config.limits, config.domains, reactor,
-                               os.path.join(config.data_dir, "spool"), run_in_thread)
+                               os.path.join(config.data_dir, "spool"), run_in_thread,
+                               postmaster=config.postmaster)
     # sessions of a removed mailbox lose their folders with it
     accounts.removal_hooks.append(mailboxes.close_mailbox)
     accounts.removal_hooks.append(spam.forget_mailbox)

@@ -5,12 +5,15 @@ URL (``.ci/pg-cluster start DIR`` starts a throwaway one and prints it;
 Unset, the PostgreSQL tests are skipped, saying so. Set but unreachable,
 they fail: a CI that meant to test PostgreSQL must not pass without it.
 
-Every test gets the database empty: the first use in a test run drops and
-re-creates the schema (so the migrations run from 001 as on a new server);
-each later use truncates every table.
+Each test process (``trial -j`` runs several) gets a database of its own,
+made on first use on the server ``KTMAIL_TEST_POSTGRESQL`` names. Every test
+gets it empty: the first use in a process drops and re-creates the schema
+(so the migrations run from 001 as on a new server); each later use
+truncates every table.
 """
 
 import os
+import urllib.parse
 
 from twisted.trial.unittest import SkipTest
 
@@ -19,10 +22,10 @@ from ktmail.config import redact_url
 URL_VARIABLE = "KTMAIL_TEST_POSTGRESQL"
 
 _schema_reset = False
+_own_url = None
 
 
-def postgresql_url():
-    """The test server's URL, or SkipTest when none is configured."""
+def _server_url():
     url = os.environ.get(URL_VARIABLE, "").strip()
     if not url:
         raise SkipTest(f"no PostgreSQL for the tests: set {URL_VARIABLE} "
@@ -32,6 +35,29 @@ def postgresql_url():
     except ImportError:
         raise SkipTest("psycopg is not installed (pip install -e '.[test]')") from None
     return url
+
+
+def postgresql_url():
+    """The URL of this test process's own database on the test server
+    (made on first use), or SkipTest when no server is configured."""
+    global _own_url
+    url = _server_url()
+    if _own_url is None:
+        import psycopg
+
+        name = f"ktmail_test_{os.getpid()}"
+        try:
+            conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as e:
+            raise AssertionError(f"{URL_VARIABLE}={redact_url(url)} is not reachable: "
+                                 f"{str(e).strip()}") from None
+        with conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                (name,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{name}"')
+        _own_url = urllib.parse.urlunsplit(
+            urllib.parse.urlsplit(url)._replace(path="/" + name))
+    return _own_url
 
 
 def empty_database():

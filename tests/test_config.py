@@ -135,6 +135,20 @@ class ConfigTests(unittest.TestCase):
             "web =\n[relay]\nsmarthost = [2001:db8::1]\n")
         self.assertEqual(config.relay.smarthost, ("2001:db8::1", 25))
 
+    def test_postmaster_is_a_hosted_address(self):
+        """[ktmail] postmaster names a mailbox on a hosted domain, or nothing."""
+        base = ("[ktmail]\nhostname = h.fi\npostmaster = {}\n"
+                "[listen]\nsmtp =\nsubmission =\nimap =\npop3 =\nweb =\n")
+        self.assertEqual(str(parse_config(base.format("Ops@Brev.fi")).postmaster), "ops@brev.fi")
+        self.assertIsNone(parse_config(base.format("")).postmaster)
+        with self.assertRaises(ConfigError) as ctx:
+            parse_config(base.format("ops@example.com"))
+        self.assertEqual(ctx.exception.problems, [
+            "ktmail.postmaster: ops@example.com is not on a hosted domain (see ktmail.domains)"])
+        with self.assertRaises(ConfigError) as ctx:
+            parse_config(base.format("nobody"))
+        self.assertIn("ktmail.postmaster: 'nobody' is not an e-mail address", ctx.exception.problems[0])
+
     def test_domains_are_validated(self):
         """A bad or repeated domain is named."""
         problems = self.problems("[ktmail]\nhostname = h.fi\ndomains = a.fi bad_domain a.fi\n"

@@ -13,8 +13,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ktmail import errors
-from ktmail.model import (Address, check_password, normalize_domain, normalize_local_part,
-                          normalize_username)
+from ktmail.model import (
+    Address,
+    check_password,
+    normalize_domain,
+    normalize_local_part,
+    normalize_username,
+)
 from ktmail.services import deferred
 
 log = Logger()
@@ -125,12 +130,19 @@ class AccountService:
             await self._forget_mailbox(removed, actor, reason)
         return removed
 
+    @deferred
+    async def record_inactivity_warning(self, mailbox, days_before):
+        """Remember that the inactivity warning for each of ``days_before``
+        (days before the deletion) has been sent for the current idle period."""
+        for days in days_before:
+            await self.accounts.record_warning(mailbox.id, days)
+
     async def _forget_mailbox(self, mailbox, actor, reason):
         await self.mail.remove_mailbox(mailbox.id)
         for hook in self.removal_hooks:
             try:
                 await defer.maybeDeferred(hook, mailbox)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a failed clean-up must not undo the removal
                 log.failure("clean-up after removing mailbox {username} failed",
                             username=mailbox.username)
         await self.audit.add_audit(self.clock.seconds(), actor, "mailbox.remove",

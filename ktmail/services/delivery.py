@@ -112,6 +112,15 @@ class Spool:
             pass
 
 
+#: Role addresses every mail domain must accept (RFC 5321 §4.5.1, RFC 2142 §2)
+ROLE_ADDRESSES = ("postmaster", "abuse")
+
+#: The size limit applies to the message as its sender sent it; the trace
+#: fields our side puts in front of it (Received:, and Message-ID:/Date:
+#: that submission adds) may take it this far beyond.
+TRACE_ALLOWANCE = 8192
+
+
 # --- header lines --------------------------------------------------------------------------
 
 
@@ -153,7 +162,8 @@ class DeliveryService:
     ``mailboxes`` (MailboxService: every store goes through it, so open
     IMAP/POP3/web sessions see deliveries at once), ``spam`` (SpamFilter:
     scan), ``limits`` (config.Limits), ``domains`` (hosted domains),
-    ``clock`` (IReactorTime), ``spool_dir``, ``run_in_thread``.
+    ``clock`` (IReactorTime), ``spool_dir``, ``run_in_thread``,
+    ``postmaster`` (config.postmaster).
     """
 
     accounts: object
@@ -164,6 +174,9 @@ class DeliveryService:
     clock: object
     spool_dir: str
     run_in_thread: object
+    #: model.Address of the mailbox that receives postmaster@ and abuse@ of
+    #: every hosted domain that has no mailbox of that name, or None
+    postmaster: object = None
     _counter: object = attrs.field(factory=itertools.count, init=False)
 
     def __attrs_post_init__(self):
@@ -220,6 +233,8 @@ class DeliveryService:
         try:
             return await self.accounts.get_mailbox_by_address(address)
         except errors.NoSuchMailbox:
+            if self.postmaster is not None and address.local in ROLE_ADDRESSES:
+                return await self.accounts.get_mailbox_by_address(self.postmaster)
             raise errors.NoSuchMailbox(f"There is no mailbox {address} here.") from None
 
     # --- delivery ---
@@ -246,9 +261,13 @@ class DeliveryService:
                 outcome[recipient] = errors.StoreUnavailable()
         return outcome
 
+    @property
+    def _size_limit(self):
+        return self.limits.max_message_bytes + TRACE_ALLOWANCE
+
     async def _deliver_one(self, envelope, spool, recipient, scan_spam):
         mailbox = await self._mailbox(recipient)
-        if spool.size > self.limits.max_message_bytes:
+        if spool.size > self._size_limit:
             raise errors.TooBig()
         prefix = return_path_line(envelope.sender)
         folder = INBOX
@@ -259,12 +278,14 @@ class DeliveryService:
                 if verdict.is_spam:
                     folder = SPAM_FOLDER
         try:
-            stored = await self.mailboxes.append(mailbox, folder, spool.path, prefix=prefix)
+            stored = await self.mailboxes.append(mailbox, folder, spool.path, prefix=prefix,
+                                                 size_limit=self._size_limit)
         except errors.NoSuchFolder:
             if folder == INBOX:
                 raise
             # Spam removed by another tool: the message still reaches the user
-            stored = await self.mailboxes.append(mailbox, INBOX, spool.path, prefix=prefix)
+            stored = await self.mailboxes.append(mailbox, INBOX, spool.path, prefix=prefix,
+                                                 size_limit=self._size_limit)
         log.info("delivered {size} bytes from <{sender}> to {rcpt} {folder} UID {uid}",
                  size=stored.info.size, sender=envelope.sender, rcpt=str(recipient),
                  folder=stored.folder, uid=stored.info.uid)
@@ -284,7 +305,8 @@ class DeliveryService:
         -> model.StoredMessage. RelayDenied, NoSuchMailbox, QuotaExceeded, TooBig."""
         mailbox = await self._mailbox(recipient)
         return await self.mailboxes.append(mailbox, INBOX, message_file,
-                                           prefix=return_path_line(sender))
+                                           prefix=return_path_line(sender),
+                                           size_limit=self._size_limit)
 
     @deferred
     async def deliver_notice(self, mailbox, message_bytes):

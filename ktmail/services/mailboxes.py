@@ -624,8 +624,8 @@ class MailboxService:
 
     # --- messages ---
 
-    def _check_size(self, source):
-        """TooBig for a source above max_message_bytes, when its size is known."""
+    def _check_size(self, source, size_limit):
+        """TooBig for a source above ``size_limit``, when its size is known."""
         size = None
         if isinstance(source, (str, bytes, os.PathLike)):
             try:
@@ -639,18 +639,19 @@ class MailboxService:
                 source.seek(here)
             except (OSError, ValueError):
                 return
-        if size is not None and size > self.limits.max_message_bytes:
+        if size is not None and size > size_limit:
             raise errors.TooBig()
 
     @deferred
     async def append(self, mailbox, name, source, flags=(), internal_date=None, origin=None,
-                     prefix=b"", enforce_quota=True):
+                     prefix=b"", enforce_quota=True, size_limit=None):
         """Store a message in a folder (IMAP APPEND, webmail, delivery):
         ``source`` is a path or a binary file object, ``prefix`` bytes go
         before it. -> model.StoredMessage. QuotaExceeded (the mailbox's
-        quota, unless ``enforce_quota`` is false), TooBig, NoSuchFolder,
+        quota, unless ``enforce_quota`` is false), TooBig (above
+        ``size_limit``, by default max_message_bytes), NoSuchFolder,
         ValidationError."""
-        self._check_size(source)
+        self._check_size(source, size_limit or self.limits.max_message_bytes)
         stored = await self.store.add_message(
             mailbox.id, name, source, prefix=prefix, flags=flags, internal_date=internal_date,
             quota_bytes=mailbox.quota_bytes if enforce_quota else None)

@@ -33,7 +33,6 @@ from twisted.logger import Logger
 
 from ktmail import errors
 from ktmail.model import SPAM_FOLDER
-from ktmail.services import deferred
 
 log = Logger()
 
@@ -71,8 +70,40 @@ class ExpiryReport:
     arrived: tuple = ()
 
 
-@attrs.define
-class SpamExpiryJob:
+class PeriodicJob:
+    """What the retention jobs share: ``run_once(dry_run)`` never overlaps
+    itself (a turn that finds the previous run still working is skipped),
+    and ``service()`` runs the job every ``interval`` seconds on the job's
+    clock, the first time at start. Subclasses define ``name``,
+    ``interval``, ``clock`` and ``_run(dry_run)``."""
+
+    _running = False
+
+    def run_once(self, dry_run=False):
+        """-> Deferred[[report]] of what was done (or, dry, would be done)."""
+        if self._running:
+            log.info("{name} job still running; this turn is skipped", name=self.name)
+            return defer.succeed([])
+        self._running = True
+
+        def finished(result):
+            self._running = False
+            return result
+        return defer.Deferred.fromCoroutine(self._run(dry_run)).addBoth(finished)
+
+    def service(self):
+        svc = TimerService(self.interval, self._tick)
+        svc.clock = self.clock
+        svc.setName(f"retention-{self.name}")
+        return svc
+
+    def _tick(self):
+        return self.run_once().addErrback(
+            lambda f: log.failure("{name} job failed", failure=f, name=self.name))
+
+
+@attrs.define(slots=False)
+class SpamExpiryJob(PeriodicJob):
     """Deletes Spam messages older than ``limits.spam_retention_days``.
 
     ``accounts``: IAccountStore (list_mailboxes); ``folders``: the mailboxes
@@ -90,21 +121,9 @@ class SpamExpiryJob:
     audit: object = None
     #: seconds between runs of the timer service
     interval: float = 3600.0
-    _running: bool = attrs.field(default=False, init=False)
-
-    @deferred
-    async def run_once(self, dry_run=False):
-        """-> [ExpiryReport] for every mailbox with something to delete."""
-        if self._running:
-            log.info("spam expiry still running; this turn is skipped")
-            return []
-        self._running = True
-        try:
-            return await self._run(dry_run)
-        finally:
-            self._running = False
 
     async def _run(self, dry_run):
+        """-> [ExpiryReport] for every mailbox with something to delete."""
         now = self.clock.seconds()
         days = self.limits.spam_retention_days
         cutoff = spam_cutoff(now, days)
@@ -133,16 +152,6 @@ class SpamExpiryJob:
                      count=sum(len(r.uids) for r in reports), mailboxes=len(reports))
         return reports
 
-    def service(self):
-        """A TimerService running the job every ``interval`` seconds (first at start)."""
-        svc = TimerService(self.interval, self._tick)
-        svc.clock = self.clock
-        svc.setName("spam-expiry")
-        return svc
-
-    def _tick(self):
-        return self.run_once().addErrback(
-            lambda f: log.failure("spam expiry run failed", failure=f))
 
 
 def run_all(jobs, dry_run):
@@ -225,11 +234,11 @@ def warning_message(mailbox, delete_at, hostname, now):
 
 
 def _iso_day(t):
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d")
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d")
 
 
-@attrs.define
-class InactivityJob:
+@attrs.define(slots=False)
+class InactivityJob(PeriodicJob):
     """Runs ``inactivity_actions`` and carries them out.
 
     ``deliver_notice(mailbox, message_bytes) -> Deferred`` puts the warning
@@ -244,21 +253,9 @@ class InactivityJob:
     hostname: str
     #: seconds between runs of the timer service
     interval: float = 3600.0
-    _running: bool = attrs.field(default=False, init=False)
-
-    @deferred
-    async def run_once(self, dry_run=False):
-        """-> [InactivityAction] done (or that would be done, if dry_run)."""
-        if self._running:
-            log.info("inactivity job still running; this turn is skipped")
-            return []
-        self._running = True
-        try:
-            return await self._run(dry_run)
-        finally:
-            self._running = False
 
     async def _run(self, dry_run):
+        """-> [InactivityAction] done (or that would be done, if dry_run)."""
         now = self.clock.seconds()
         mailboxes = await self.accounts.list_mailboxes()
         actions = inactivity_actions(mailboxes, now, self.policy)
@@ -276,25 +273,15 @@ class InactivityJob:
                 else:
                     await self.deliver_notice(action.mailbox, warning_message(
                         action.mailbox, action.delete_at, self.hostname, now))
-                    for days in action.days_before:
-                        await self.accounts.accounts.record_warning(action.mailbox.id, days)
+                    await self.accounts.record_inactivity_warning(action.mailbox,
+                                                                  action.days_before)
                     log.info("inactivity warning sent to {address}: deleted on {day}",
                              address=str(action.mailbox.address), day=_iso_day(action.delete_at))
                 done.append(action)
             except errors.NotFound:
                 continue  # removed by someone else meanwhile
-            except Exception:
+            except Exception:  # noqa: BLE001 - one mailbox must not stop the others
                 log.failure("inactivity job failed for {username}",
                             username=action.mailbox.username)
         return done
 
-    def service(self):
-        """A TimerService running the job every ``interval`` seconds (first at start)."""
-        svc = TimerService(self.interval, self._tick)
-        svc.clock = self.clock
-        svc.setName("inactivity")
-        return svc
-
-    def _tick(self):
-        return self.run_once().addErrback(
-            lambda f: log.failure("inactivity run failed", failure=f))

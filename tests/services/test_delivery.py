@@ -122,12 +122,41 @@ class DeliverTests(DeliveryTestCase):
         self.assertEqual(self.stored(self.bo), [])
 
     def test_too_big(self):
-        """A message above max_message_bytes is refused per recipient (TooBig)."""
-        spool = self.spool(MESSAGE + b"x" * self.limits.max_message_bytes)
+        """A message above max_message_bytes (plus the room kept for our own
+        trace fields) is refused per recipient (TooBig)."""
+        spool = self.spool(MESSAGE + b"x" * (self.limits.max_message_bytes
+                                             + delivery_module.TRACE_ALLOWANCE))
         result = self.successResultOf(self.service.deliver(self.envelope("anna@sboksi.fi"),
                                                            spool))
         self.assertIsInstance(result[Address.parse("anna@sboksi.fi")], errors.TooBig)
         self.assertEqual(self.stored(self.anna), [])
+
+    def test_limit_counts_the_message_as_sent_not_our_trace_fields(self):
+        """A message of exactly max_message_bytes, to which SMTP put its
+        Received: field, is delivered (the client was told SIZE=max)."""
+        received = b"Received: from mx.example.org by mail.ktnet.fi; x\r\n" * 20
+        body = MESSAGE + b"x" * (self.limits.max_message_bytes - len(MESSAGE))
+        result = self.successResultOf(self.service.deliver(self.envelope("anna@sboksi.fi"),
+                                                           self.spool(received + body)))
+        self.assertEqual(list(result.values()), [None])
+
+    def test_role_addresses_reach_the_postmaster_mailbox(self):
+        """postmaster@ and abuse@ of every hosted domain reach the configured
+        postmaster mailbox (RFC 5321 §4.5.1, RFC 2142); other unknown names
+        stay unknown, and without a postmaster they are unknown too."""
+        for address in ("postmaster@brev.fi", "Abuse@pikaposti.fi"):
+            d = self.service.check_recipient(Address.parse(address))
+            self.failureResultOf(d, errors.NoSuchMailbox)
+        self.service.postmaster = Address.parse("anna@sboksi.fi")
+        for address in ("postmaster@brev.fi", "abuse@pikaposti.fi"):
+            got = self.successResultOf(self.service.check_recipient(Address.parse(address)))
+            self.assertEqual(got.id, self.anna.id)
+        self.failureResultOf(self.service.check_recipient(Address.parse("hostmaster@brev.fi")),
+                             errors.NoSuchMailbox)
+        result = self.successResultOf(self.service.deliver(
+            self.envelope("postmaster@brev.fi"), self.spool()))
+        self.assertEqual(list(result.values()), [None])
+        self.assertEqual(len(self.stored(self.anna)), 1)
 
     def test_null_sender(self):
         """Bounces (null reverse-path) get Return-Path: <>."""
