@@ -190,7 +190,7 @@ def sort(items, criteria):
 class Node:
     """A thread node: a message (``item``) or a dummy (``item`` None)."""
 
-    __slots__ = ("item", "parent", "children")
+    __slots__ = ("children", "item", "parent")
 
     def __init__(self, item=None):
         self.item = item

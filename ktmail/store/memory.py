@@ -37,9 +37,15 @@ from ktmail.model import (
     normalize_folder_name,
     parent_names,
 )
-from ktmail.store import (IAccountStore, IAuditLog, ICounterStore, IMailStore, IQueueStore,
-                          ISpamStatsStore)
-from ktmail.store import folder_index
+from ktmail.store import (
+    IAccountStore,
+    IAuditLog,
+    ICounterStore,
+    IMailStore,
+    IQueueStore,
+    ISpamStatsStore,
+    folder_index,
+)
 from ktmail.store.maildir import CRLFWriter
 from ktmail.store.message_flags import check_flags
 

@@ -253,3 +253,31 @@ class QresyncTests(unittest.TestCase):
         floor = self.successResultOf(self.live.changes_since(0)).vanished_floor
         r = self.c.command("e SELECT INBOX (QRESYNC (%d %d))" % (self.validity, floor))
         r.ok().has(b"* VANISHED (EARLIER) 6")
+
+
+class MoveTests(unittest.TestCase):
+    def test_move_under_qresync(self):
+        """RFC 6851 §4.4 with RFC 7162: MOVE reports the moved messages with
+        VANISHED and the tagged OK carries HIGHESTMODSEQ."""
+        imap = IMAPHarness(self)
+        imap.fill(3)
+        c = imap.connect(login=True)
+        c.command("a ENABLE QRESYNC").ok()
+        c.select()
+        r = c.command("b UID MOVE 2 Trash").ok()
+        live = imap.mailboxes.live_folder(imap.mailbox, "INBOX")
+        self.assertIn(b"[HIGHESTMODSEQ %d]" % live.highestmodseq, r.tagged)
+        r.has(b"* VANISHED 2")
+        r.lacks(rb"EXPUNGE")
+
+
+class Imap4rev2Tests(unittest.TestCase):
+    def test_not_advertised_yet(self):
+        """IMAP4rev2 (RFC 9051) is advertised only once every requirement of
+        its Appendix E is met; what remains is listed in
+        IMAPServer.capability_list's docstring."""
+        imap = IMAPHarness(self)
+        c = imap.connect(login=True)
+        self.assertNotIn(b"IMAP4rev2", c.greeting)
+        self.assertNotIn(b"IMAP4rev2", c.command("a CAPABILITY").ok().untagged[0])
+        c.command("b ENABLE IMAP4rev2").ok().has(b"* ENABLED")

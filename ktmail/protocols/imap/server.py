@@ -444,6 +444,23 @@ class IMAPServer(imap4.IMAP4Server):
     # --- capabilities (SPEC §4) ---
 
     def capability_list(self):
+        """What this session offers (SPEC §4 and issue 8); each extension is
+        listed only once it is complete.
+
+        IMAP4rev2 (RFC 9051) is not advertised yet. Of its Appendix E
+        differences from IMAP4rev1, these are served: NAMESPACE, UNSELECT,
+        UIDPLUS, ESEARCH, SEARCHRES, ENABLE, IDLE, SASL-IR, LIST-EXTENDED,
+        LIST-STATUS, MOVE, LITERAL+ (a superset of LITERAL-), BINARY,
+        SPECIAL-USE, STATUS=SIZE, the RFC 5530 response codes, UID EXPUNGE,
+        APPENDUID/COPYUID, CHILDREN attributes, [CLOSED] (after ENABLE
+        QRESYNC). What remains is the behaviour switched on by ``ENABLE
+        IMAP4rev2``: SEARCH answered only with ESEARCH; no RECENT response,
+        \\Recent flag, NEW/OLD/RECENT keys or [UNSEEN n] at SELECT; the
+        LIST response of the folder in SELECT/EXAMINE; [CLOSED] always;
+        UTF-8 mailbox names instead of modified UTF-7; the STATUS DELETED
+        item; LIST's OLDNAME after RENAME; and RFC 9051 §6.2.1 STARTTLS,
+        which SPEC §2's implicit-TLS-only listeners do not offer.
+        """
         caps = [b"IMAP4rev1", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"LITERAL+"]
         if self.state == "unauth":
             caps.append(b"AUTH=PLAIN" if self.tls else b"LOGINDISABLED")
@@ -1568,7 +1585,8 @@ class IMAPServer(imap4.IMAP4Server):
         code = self._copyuid(result)
         if code:
             self.sendLine(b"* OK " + code + b"Moved.")
-        self._ok(tag, b"MOVE completed")
+        # like EXPUNGE's (RFC 7162 §3.1.12): removals carry no MODSEQ of their own
+        self._ok(tag, self._highestmodseq_code() + b"MOVE completed")
 
     @staticmethod
     def _copyuid(result):
