@@ -146,12 +146,13 @@ class ImaplibTests(DaemonTestCase):
             client.login("bob_u", PASSWORD)
             return client
         other = connect()
+        other.create("Resync")   # a folder of its own: UIDs from 1 whatever ran before
         for n in range(20):
-            other.append("INBOX", None, None, message(n))
+            other.append("Resync", None, None, message(n))
         m = connect()
         self.assertIn(b"QRESYNC", m.capability()[1][0].split())
         self.assertEqual(m.enable("QRESYNC")[0], "OK")
-        self.assertEqual(m.select("INBOX")[0], "OK")
+        self.assertEqual(m.select("Resync")[0], "OK")
         validity = int(m.untagged_responses["UIDVALIDITY"][-1])
         modseq = int(m.untagged_responses["HIGHESTMODSEQ"][-1])
         m.unselect()
@@ -159,12 +160,12 @@ class ImaplibTests(DaemonTestCase):
         def resync():
             for key in ("VANISHED", "FETCH"):
                 m.untagged_responses.pop(key, None)
-            typ, _ = m._simple_command("SELECT", "INBOX", f"(QRESYNC ({validity} {modseq} 1:20))")
+            typ, _ = m._simple_command("SELECT", "Resync", f"(QRESYNC ({validity} {modseq} 1:20))")
             self.assertEqual(typ, "OK")
             return (m.untagged_responses.pop("VANISHED", []),
                     m.untagged_responses.pop("FETCH", []))
         self.assertEqual(resync(), ([], []))
-        other.select("INBOX")
+        other.select("Resync")
         other.store("3,5", "+FLAGS", "(\\Deleted)")
         other.expunge()
         other.store("1", "+FLAGS", "(\\Flagged)")
@@ -177,7 +178,7 @@ class ImaplibTests(DaemonTestCase):
         self.daemon.restart()
         m = connect()
         m.enable("QRESYNC")
-        m.select("INBOX")
+        m.select("Resync")
         vanished, fetched = resync()
         self.assertEqual((vanished, len(fetched)), ([b"(EARLIER) 3,5"], 1))
         m.logout()

@@ -218,11 +218,17 @@ class CommandReader:
 # --- common arguments -------------------------------------------------------------------
 
 
-def decode_mailbox(raw):
+def decode_mailbox(raw, utf8=False):
     """A mailbox name from the wire -> str. Modified UTF-7 (RFC 3501
-    §5.1.3); 8-bit names are taken as UTF-8, which many clients send."""
+    §5.1.3); 8-bit names are taken as UTF-8, which many clients send; with
+    ``utf8`` (UTF8=ACCEPT enabled, RFC 6855 §3) every name is UTF-8."""
     if raw.upper() == b"INBOX":
         return INBOX
+    if utf8:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError("The mailbox name is not UTF-8.") from None
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
@@ -236,8 +242,8 @@ def decode_mailbox(raw):
         raise ParseError("The mailbox name is not valid modified UTF-7.") from None
 
 
-def mailbox(reader):
-    return decode_mailbox(reader.astring())
+def mailbox(reader, utf8=False):
+    return decode_mailbox(reader.astring(), utf8)
 
 
 @attrs.frozen
@@ -908,21 +914,21 @@ _SELECTION = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
 _RETURNS = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"}
 
 
-def _pattern(reader):
+def _pattern(reader, utf8=False):
     raw = reader.list_mailbox()
     if raw.upper() == b"INBOX":
         return INBOX
     try:
-        return decode_mailbox(raw)
+        return decode_mailbox(raw, utf8)
     except ParseError:
         # wildcards make some patterns not decodable as a whole; decode the
         # literal runs between them
         parts = re.split(rb"([*%])", raw)
-        return "".join(p.decode() if p in (b"*", b"%") else decode_mailbox(p) if p else ""
-                       for p in parts)
+        return "".join(p.decode() if p in (b"*", b"%") else decode_mailbox(p, utf8) if p
+                       else "" for p in parts)
 
 
-def list_command(reader):
+def list_command(reader, utf8=False):
     selection = set()
     if reader.peek() == b"(":
         for word in reader.paren_list(reader.atom):
@@ -934,12 +940,12 @@ def list_command(reader):
         if "RECURSIVEMATCH" in selection and selection <= {"RECURSIVEMATCH", "REMOTE"}:
             raise ParseError("RECURSIVEMATCH needs another selection option.")
     reference = reader.astring()
-    reference = decode_mailbox(reference) if reference else ""
+    reference = decode_mailbox(reference, utf8) if reference else ""
     reader.space()
     if reader.peek() == b"(":
-        patterns = reader.paren_list(lambda: _pattern(reader))
+        patterns = reader.paren_list(lambda: _pattern(reader, utf8))
     else:
-        patterns = [_pattern(reader)]
+        patterns = [_pattern(reader, utf8)]
     returns = set()
     items = ()
     if reader.peek() == b" ":

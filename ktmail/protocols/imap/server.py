@@ -232,7 +232,7 @@ class _Gone(Exception):
 
 def _mailbox(server, reader):
     reader.space()
-    return parser.mailbox(reader)
+    return parser.mailbox(reader, "UTF8=ACCEPT" in server._enabled)
 
 
 def _astring(server, reader):
@@ -272,7 +272,7 @@ def _thread_program(server, reader):
 
 def _list_command(server, reader):
     reader.space()
-    return parser.list_command(reader)
+    return parser.list_command(reader, "UTF8=ACCEPT" in server._enabled)
 
 
 def _status_items(server, reader):
@@ -284,13 +284,21 @@ def _append_args(server, reader):
     """``mailbox 1*(SP [flags SP] [date-time SP] literal)``: several messages
     are MULTIAPPEND (RFC 3502 §6.3.11). -> (name, [(flags, date, Literal)])."""
     reader.space()
-    name = parser.mailbox(reader)
+    name = parser.mailbox(reader, "UTF8=ACCEPT" in server._enabled)
     messages = []
     while reader.peek() == b" " or not messages:
         reader.space()
         flags = parser.optional_flag_list(reader)
         date = parser.optional_date_time(reader)
-        messages.append((tuple(flags or ()), date, reader.literal()))
+        if reader.maybe(b"UTF8 ("):
+            # RFC 6855 §4: a message with UTF-8 header fields, as a literal8
+            if "UTF8=ACCEPT" not in server._enabled:
+                raise ParseError("Enable UTF8=ACCEPT first (RFC 6855 §4).")
+            literal = reader.literal()
+            reader.expect(b")")
+        else:
+            literal = reader.literal()
+        messages.append((tuple(flags or ()), date, literal))
     return name, messages
 
 
@@ -347,12 +355,12 @@ def _rest(server, reader):
 def _list_reference(server, reader):
     reader.space()
     raw = reader.astring()
-    return parser.decode_mailbox(raw) if raw else ""
+    return parser.decode_mailbox(raw, "UTF8=ACCEPT" in server._enabled) if raw else ""
 
 
 def _list_pattern(server, reader):
     reader.space()
-    return parser._pattern(reader)
+    return parser._pattern(reader, "UTF8=ACCEPT" in server._enabled)
 
 
 # --- the session --------------------------------------------------------------------
@@ -473,7 +481,7 @@ class IMAPServer(imap4.IMAP4Server):
                        b"CONDSTORE", b"QRESYNC", b"ESEARCH", b"SEARCHRES", b"STATUS=SIZE",
                        b"SORT", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
                        b"LIST-EXTENDED", b"LIST-STATUS", b"COMPRESS=DEFLATE", b"BINARY",
-                       b"MULTIAPPEND"]
+                       b"MULTIAPPEND", b"UTF8=ACCEPT"]
 
     def listCapabilities(self):
         return self.capability_list()
@@ -963,7 +971,10 @@ class IMAPServer(imap4.IMAP4Server):
         self._ok(tag, b"ENABLE completed")
 
     #: capabilities ENABLE can turn on
-    ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC"})
+    ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC", "UTF8=ACCEPT"})
+
+    def _mailbox_name(self, name):
+        return wire.mailbox(name, utf8="UTF8=ACCEPT" in self._enabled)
 
     @property
     def condstore(self):
@@ -1237,7 +1248,7 @@ class IMAPServer(imap4.IMAP4Server):
             lines.append((name != INBOX, name, attributes, extended, info is not None))
         for _, name, attributes, extended, exists in sorted(lines):
             self.sendLine(b"* LIST (" + b" ".join(attributes) + b') "/" '
-                          + wire.mailbox(name) + extended)
+                          + self._mailbox_name(name) + extended)
             if "STATUS" in command.returns and exists:
                 try:
                     status = await self.account.status(name)
@@ -1255,7 +1266,7 @@ class IMAPServer(imap4.IMAP4Server):
         for name in sorted(names, key=lambda n: (n != INBOX, n)):
             if matcher(name):
                 flags = b"" if name in existing else b"\\Noselect"
-                self.sendLine(b"* LSUB (" + flags + b') "/" ' + wire.mailbox(name))
+                self.sendLine(b"* LSUB (" + flags + b') "/" ' + self._mailbox_name(name))
         self._ok(tag, b"LSUB completed")
 
     async def do_STATUS(self, tag, name, items):
@@ -1273,7 +1284,7 @@ class IMAPServer(imap4.IMAP4Server):
                   "UIDNEXT": status.uidnext, "UIDVALIDITY": status.uidvalidity,
                   "UNSEEN": status.unseen, "APPENDLIMIT": self.context.max_message_bytes,
                   "HIGHESTMODSEQ": status.highestmodseq, "SIZE": status.size}
-        return b"* STATUS " + wire.mailbox(status.name) + b" (" + b" ".join(
+        return b"* STATUS " + self._mailbox_name(status.name) + b" (" + b" ".join(
             b"%s %d" % (item.encode(), values[item]) for item in items) + b")"
 
     async def do_APPEND(self, tag, arguments):
@@ -1312,7 +1323,7 @@ class IMAPServer(imap4.IMAP4Server):
         """RFC 9208 §4.3.2: one quota root, "", for all folders together."""
         status = await self.account.status(name)
         quota = await self.account.quota()
-        self.sendLine(b"* QUOTAROOT " + wire.mailbox(status.name) + b' ""')
+        self.sendLine(b"* QUOTAROOT " + self._mailbox_name(status.name) + b' ""')
         self.sendLine(b'* QUOTA "" (STORAGE %d %d)' % (quota.used_kib, quota.limit_kib))
         self._ok(tag, b"GETQUOTAROOT completed")
 

@@ -67,11 +67,19 @@ def astring(value):
     return string(data)
 
 
-def mailbox(name):
-    """A mailbox name on the wire: modified UTF-7 (RFC 3501 §5.1.3), as an
-    astring; INBOX is always spelled INBOX."""
+def mailbox(name, utf8=False):
+    """A mailbox name on the wire: modified UTF-7 (RFC 3501 §5.1.3), or
+    UTF-8 once the client enabled UTF8=ACCEPT (RFC 6855 §3), as an astring
+    (a quoted string may then carry UTF-8); INBOX is always spelled INBOX."""
     if name.upper() == INBOX:
         return b"INBOX"
+    if utf8:
+        data = name.encode("utf-8")
+        if _ATOM.match(data.replace(b"]", b"a")):
+            return data
+        if b"\r" not in data and b"\n" not in data and b"\x00" not in data:
+            return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        return literal(data)
     return astring(encode_mutf7(name).encode("ascii"))
 
 
