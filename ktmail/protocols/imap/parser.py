@@ -1,5 +1,7 @@
 """IMAP command syntax (RFC 3501 §9, with RFC 7888 LITERAL+, RFC 4315,
-RFC 6851, RFC 5258/6154 LIST options): from a framed command to values.
+RFC 6851, RFC 5258/6154 LIST options, RFC 5819 LIST-STATUS, RFC 7162
+modifiers, RFC 4731/5182 RETURN options, RFC 5256 SORT/THREAD, RFC 3516
+BINARY and literal8, RFC 3502 MULTIAPPEND): from a framed command to values.
 
 A command arrives framed by the server as ``segments``: the command line
 split at its literals, ``[line0, Literal, line1, Literal, ..., lineN]``,

@@ -1,4 +1,10 @@
-"""The IMAP4rev1 session (RFC 3501) with the extensions of SPEC §4.
+"""The IMAP4rev1 session (RFC 3501) with the extensions of SPEC §4 and
+issue 8: CONDSTORE/QRESYNC (RFC 7162), ESEARCH (RFC 4731), SEARCHRES
+(RFC 5182), SORT/THREAD (RFC 5256), ESORT (RFC 5267), COMPRESS=DEFLATE
+(RFC 4978), LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819), STATUS=SIZE
+(RFC 8438), BINARY (RFC 3516), MULTIAPPEND (RFC 3502), UTF8=ACCEPT
+(RFC 6855). ``capability_list`` says what is offered and what IMAP4rev2
+still lacks.
 
 ``IMAPServer`` subclasses Twisted's ``IMAP4Server`` for its connection
 plumbing (line reception, states, timeouts, the greeting) and replaces
@@ -71,8 +77,6 @@ STREAM_CHUNK = 256 * 1024
 #: FETCH responses written at once (flags/UID/size only, and the rest)
 FAST_BATCH = 2000
 FULL_BATCH = 100
-#: UIDs looked at when VANISHED (EARLIER) must be worked out without tombstones
-MAX_VANISHED_SCAN = 10_000_000
 #: share of the quota at which the user is warned with [ALERT]
 QUOTA_ALERT = 0.9
 
@@ -1086,32 +1090,25 @@ class IMAPServer(imap4.IMAP4Server):
                 known = params.known_uids.resolved(max(live.uidnext - 1, 1))
             vanished = await self._vanished_since(selected, params.modseq, known)
             if vanished:
-                self.sendLine(b"* VANISHED (EARLIER) " + wire.number_set(vanished))
+                self.sendLine(b"* VANISHED (EARLIER) " + vanished)
         await self._send_changed(selected, selected.uids, params.modseq)
 
     async def _vanished_since(self, selected, modseq, ranges):
         """UIDs within ``ranges`` ([(low, high)], None: any) removed after
-        ``modseq``, ascending. Where the store no longer holds tombstones that
-        old (it prunes them), every UID in the ranges that is not in the
-        folder is reported instead: more than needed, never too few
-        (RFC 7162 §3.2.5.2 lets clients ignore UIDs they do not know)."""
+        ``modseq``, as a sequence set (b"" for none). Where the store no
+        longer holds tombstones that old (it prunes them), every UID of the
+        ranges that is not in the folder is reported instead, as the gaps
+        between the folder's UIDs: more than needed, never too few (RFC 7162
+        §3.2.5.2 lets clients ignore UIDs they do not know)."""
         live = selected.live
         changes = await live.changes_since(modseq)
         if changes.vanished_floor > modseq:
             top = max(live.uidnext - 1, 0)
-            ranges = ranges if ranges is not None else [(1, top)]
-            present = set(live.uids)
-            out = []
-            for low, high in ranges:
-                high = min(high, top)
-                out.extend(u for u in range(low, high + 1) if u not in present)
-                if len(out) > MAX_VANISHED_SCAN:
-                    break
-            return sorted(set(out))
+            return wire.range_set(_gaps(ranges or [(1, top)], live.uids, top))
         vanished = changes.vanished
         if ranges is not None:
             vanished = [u for u in vanished if _in_ranges(u, ranges)]
-        return list(vanished)
+        return wire.number_set(vanished)
 
     async def _send_changed(self, selected, uids, modseq):
         """``* n FETCH (UID FLAGS MODSEQ)`` for those of ``uids`` (the
@@ -1638,7 +1635,7 @@ class IMAPServer(imap4.IMAP4Server):
                     ranges = seqset.resolved(max(live.uidnext - 1, 1))
                 vanished = await self._vanished_since(selected, since, ranges)
                 if vanished:
-                    self.sendLine(b"* VANISHED (EARLIER) " + wire.number_set(vanished))
+                    self.sendLine(b"* VANISHED (EARLIER) " + vanished)
             info = selected.live.info
             targets = [(seq, uid) for seq, uid in targets
                        if (i := info(uid)) is not None and i.modseq > since]
@@ -1993,6 +1990,26 @@ def _range_reader(reads):
     def read(uid, fileobj):
         return {id(r): r.read(fileobj) for r in reads[uid]}
     return read
+
+
+def _gaps(ranges, uids, top):
+    """The parts of sorted, merged ``ranges`` (capped at ``top``) that hold
+    none of the sorted ``uids``: [(low, high)], without visiting each UID."""
+    out = []
+    for low, high in ranges:
+        high = min(high, top)
+        if low > high:
+            continue
+        i = bisect.bisect_left(uids, low)
+        start = low
+        while i < len(uids) and uids[i] <= high:
+            if uids[i] > start:
+                out.append((start, uids[i] - 1))
+            start = uids[i] + 1
+            i += 1
+        if start <= high:
+            out.append((start, high))
+    return out
 
 
 def _in_ranges(value, ranges):

@@ -124,6 +124,12 @@ def number_set(numbers):
     return b",".join(out)
 
 
+def range_set(ranges):
+    """Ascending, disjoint [(low, high)] -> ``1:3,5`` (a sequence set)."""
+    return b",".join(b"%d" % low if low == high else b"%d:%d" % (low, high)
+                     for low, high in ranges)
+
+
 def ordered_set(numbers):
     """Ints in a given order (RFC 5267 sorted results) -> a sequence set that
     keeps the order: only ascending runs become ranges."""
