@@ -309,7 +309,7 @@ def maildir_files(root):
 
 class SyncClientTests(DaemonTestCase):
     listeners = ("imap",)
-    mailboxes = (("mb_u", "mb@brev.fi"), ("oi_u", "oi@brev.fi"))
+    mailboxes = (("mb_u", "mb@brev.fi"), ("oi_u", "oi@brev.fi"), ("mz_u", "mz@brev.fi"))
 
     def server_counts(self, username):
         m = imaplib.IMAP4_SSL("localhost", self.daemon.ports["imap"],
@@ -381,6 +381,32 @@ class SyncClientTests(DaemonTestCase):
         self.assertEqual(sorted(int(subject_of(p)) for p in flagged), list(range(10)))
         far, near = run_mbsync(config)
         self.assertEqual((far, near), ((0, 0, 0), (0, 0, 0)), "the last sync moved something")
+
+    def test_mbsync_syncs_compressed(self):
+        """Issue 8: mbsync turns COMPRESS=DEFLATE (RFC 4978) on when it is
+        offered, pipelines its commands inside the compressed stream, and a
+        full sync both ways completes (its protocol trace shows it)."""
+        require_binary("mbsync")
+        raw = RawIMAP(self.daemon, "mz_u")
+        self.addCleanup(raw.sock.close)
+        raw.append_many("INBOX", [message(n, size=20000) for n in range(40)])
+        raw.close()
+        config, local = mbsync_config(self.daemon, self.mktemp(), "mz_u")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(local, "Local", sub), exist_ok=True)
+        for n in range(10):
+            with open(os.path.join(local, "Local", "cur", f"17000001{n:02d}.l{n}.host:2,S"),
+                      "wb") as f:
+                f.write(message(n, "Local").replace(b"\r\n", b"\n"))
+        result = subprocess.run(["mbsync", "-Dn", "-c", config, "-a"], check=False,
+                                capture_output=True, text=True, timeout=300,
+                                stdin=subprocess.DEVNULL)
+        trace = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 0, trace[-3000:])
+        self.assertRegex(trace, r"\d+ COMPRESS DEFLATE")
+        self.assertRegex(trace, r"\d+ OK DEFLATE active")
+        self.assertEqual(len(maildir_files(local)["INBOX"]), 40)
+        self.assertEqual(self.server_counts("mz_u")["Local"], 10)
 
     def test_offlineimap_sync(self):
         """offlineimap3 syncs folders with UTF-8 local names, then a second
