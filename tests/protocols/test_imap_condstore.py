@@ -46,7 +46,7 @@ class CondstoreTests(unittest.TestCase):
         r.has(b"* OK [HIGHESTMODSEQ %d] Highest mod-sequence." % self.highest())
 
     def test_fetch_modseq_enables_condstore(self):
-        """RFC 7162 §3.1.6 / §3.1.2.1: FETCH MODSEQ is a CONDSTORE-enabling
+        """RFC 7162 §3.1.4.2 / §3.1.2.1: FETCH MODSEQ is a CONDSTORE-enabling
         command; issued with a folder selected it brings HIGHESTMODSEQ, and
         every later flag update carries MODSEQ."""
         self.c.select()
@@ -135,7 +135,7 @@ class CondstoreTests(unittest.TestCase):
         self.assertIn(b"MODSEQ (%d)" % self.highest(), r.untagged[0])
 
     def test_expunge_reports_highestmodseq(self):
-        """RFC 7162 §3.1.12: with CONDSTORE on, the tagged OK of EXPUNGE
+        """RFC 7162 §3.2.7, §3.2.9: with CONDSTORE on, the tagged OK of EXPUNGE
         carries HIGHESTMODSEQ (removals have no MODSEQ of their own)."""
         self.c.command("a SELECT INBOX (CONDSTORE)").ok()
         self.c.command("b STORE 1 +FLAGS.SILENT (\\Deleted)").ok()

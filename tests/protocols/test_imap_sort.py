@@ -102,3 +102,11 @@ class SortThreadTests(unittest.TestCase):
         live.details = lambda *a, **k: calls.append(a) or original(*a, **k)
         self.c.command("b SORT (FROM) UTF-8 ALL").ok()
         self.assertEqual(calls, [])
+
+    def test_sort_with_modseq(self):
+        """RFC 7162 §3.1.9: a SORT with a MODSEQ key adds the highest
+        mod-sequence of the result, as SEARCH does."""
+        mark = self.imap.mailboxes.live_folder(self.imap.mailbox, "INBOX").highestmodseq
+        self.c.command("b STORE 2 +FLAGS.SILENT (\\Flagged)").ok()
+        r = self.c.command("c SORT (DATE) UTF-8 MODSEQ %d" % (mark + 1)).ok()
+        r.has(b"* SORT 2 (MODSEQ %d)" % (mark + 1))

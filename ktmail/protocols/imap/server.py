@@ -1400,7 +1400,7 @@ class IMAPServer(imap4.IMAP4Server):
     async def do_EXPUNGE(self, tag, seqset=None):
         """RFC 3501 §6.4.3, and UID EXPUNGE (RFC 4315 §2.1) with a UID set;
         with CONDSTORE on, the tagged OK carries HIGHESTMODSEQ (RFC 7162
-        §3.1.12), since removals carry no MODSEQ of their own."""
+        §3.2.7, §3.2.9), since removals carry no MODSEQ of their own."""
         selected = self._writable()
         among = None
         if seqset is not None:
@@ -1496,14 +1496,22 @@ class IMAPServer(imap4.IMAP4Server):
         once per message); ``RETURN (...)`` answers with ESEARCH in sort
         order (RFC 5267 §3.2 ESORT)."""
         selected = self.selected
+        with_modseq = any(isinstance(k, search.ModseqIs) for k in search.leaves(program.query))
+        if with_modseq:
+            self._enable_condstore()
         items = await self._ordering_items(selected, program.query)
         ordered = ordering.sort(items, program.criteria)
         uids = [i.info.uid for i in ordered]
         if program.returns is None:
             numbers = uids if by_uid else [i.position for i in ordered]
-            self.sendLine(b"* SORT" + b"".join(b" %d" % n for n in numbers))
+            line = b"* SORT" + b"".join(b" %d" % n for n in numbers)
+            if with_modseq and uids:
+                # RFC 7162 §3.1.9: like SEARCH's (§3.1.6)
+                line += b" (MODSEQ %d)" % self._highest_modseq_of(selected, uids)
+            self.sendLine(line)
         else:
-            self._esearch(tag, selected, uids, program.returns, by_uid, False, ordered=True)
+            self._esearch(tag, selected, uids, program.returns, by_uid, with_modseq,
+                          ordered=True)
         self._ok(tag, b"SORT completed")
 
     async def do_THREAD(self, tag, program, by_uid):
@@ -1593,7 +1601,7 @@ class IMAPServer(imap4.IMAP4Server):
         code = self._copyuid(result)
         if code:
             self.sendLine(b"* OK " + code + b"Moved.")
-        # like EXPUNGE's (RFC 7162 §3.1.12): removals carry no MODSEQ of their own
+        # like EXPUNGE's (RFC 7162 §3.2.7): removals carry no MODSEQ of their own
         self._ok(tag, self._highestmodseq_code() + b"MOVE completed")
 
     @staticmethod
@@ -1611,7 +1619,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     async def do_FETCH(self, tag, seqset, items, modifiers, by_uid):
         """RFC 3501 §6.4.5, with MODSEQ and the CHANGEDSINCE modifier (RFC
-        7162 §3.1.4, §3.1.6) and UID FETCH's VANISHED modifier (§3.2.6)."""
+        7162 §3.1.4.1, §3.1.4.2) and UID FETCH's VANISHED modifier (§3.2.6)."""
         selected = self.selected
         if modifiers.vanished:
             if not by_uid:
