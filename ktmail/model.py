@@ -425,13 +425,18 @@ class FolderChanges:
     (new or re-flagged, ascending UID) and ``vanished`` UIDs (RFC 7162
     QRESYNC), with the folder's UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ at
     the time of the answer (no message counts: this is asked often, and
-    counting a big folder is not free)."""
+    counting a big folder is not free).
+
+    ``vanished_floor``: tombstones of removals up to this modseq were
+    pruned; ``vanished`` is complete only when asked for changes after a
+    modseq at or above it (below it, a caller must compare UID lists)."""
 
     uidvalidity: int
     uidnext: int
     highestmodseq: int
     changed: tuple
     vanished: tuple
+    vanished_floor: int = 0
 
 
 @attrs.frozen

@@ -133,6 +133,56 @@ class ImaplibTests(DaemonTestCase):
         self.assertEqual(lines, [b'(\\HasNoChildren) "/" Kvitton/F&APY-rs&AOQ-kring'])
         self.assertEqual(m.select('"Kvitton/F&APY-rs&AOQ-kring"')[0], "OK")
 
+    def test_qresync_with_imaplib(self):
+        """RFC 7162 against the daemon (Maildir store, index on disk): a
+        client that remembers UIDVALIDITY and HIGHESTMODSEQ resynchronises
+        an unchanged folder with no FETCH or VANISHED at all, and after
+        changes made by another session learns exactly the removed UIDs
+        (VANISHED (EARLIER)) and the changed flags, also after a restart
+        of the daemon."""
+        def connect():
+            client = imaplib.IMAP4_SSL("localhost", self.daemon.ports["imap"],
+                                       ssl_context=self.daemon.client_tls(), timeout=60)
+            client.login("bob_u", PASSWORD)
+            return client
+        other = connect()
+        other.create("Resync")   # a folder of its own: UIDs from 1 whatever ran before
+        for n in range(20):
+            other.append("Resync", None, None, message(n))
+        m = connect()
+        self.assertIn(b"QRESYNC", m.capability()[1][0].split())
+        self.assertEqual(m.enable("QRESYNC")[0], "OK")
+        self.assertEqual(m.select("Resync")[0], "OK")
+        validity = int(m.untagged_responses["UIDVALIDITY"][-1])
+        modseq = int(m.untagged_responses["HIGHESTMODSEQ"][-1])
+        m.unselect()
+
+        def resync():
+            for key in ("VANISHED", "FETCH"):
+                m.untagged_responses.pop(key, None)
+            typ, _ = m._simple_command("SELECT", "Resync", f"(QRESYNC ({validity} {modseq} 1:20))")
+            self.assertEqual(typ, "OK")
+            return (m.untagged_responses.pop("VANISHED", []),
+                    m.untagged_responses.pop("FETCH", []))
+        self.assertEqual(resync(), ([], []))
+        other.select("Resync")
+        other.store("3,5", "+FLAGS", "(\\Deleted)")
+        other.expunge()
+        other.store("1", "+FLAGS", "(\\Flagged)")
+        vanished, fetched = resync()
+        self.assertEqual(vanished, [b"(EARLIER) 3,5"])
+        self.assertEqual(len(fetched), 1)
+        self.assertRegex(fetched[0], rb"^1 \(UID 1 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)$")
+        m.logout()
+        other.logout()
+        self.daemon.restart()
+        m = connect()
+        m.enable("QRESYNC")
+        m.select("Resync")
+        vanished, fetched = resync()
+        self.assertEqual((vanished, len(fetched)), ([b"(EARLIER) 3,5"], 1))
+        m.logout()
+
     def test_idle_sees_another_session_within_a_second(self):
         """Issue 4: an APPEND, a flag change and an expunge in one session
         reach another session in IDLE within a second."""
@@ -259,7 +309,7 @@ def maildir_files(root):
 
 class SyncClientTests(DaemonTestCase):
     listeners = ("imap",)
-    mailboxes = (("mb_u", "mb@brev.fi"), ("oi_u", "oi@brev.fi"))
+    mailboxes = (("mb_u", "mb@brev.fi"), ("oi_u", "oi@brev.fi"), ("mz_u", "mz@brev.fi"))
 
     def server_counts(self, username):
         m = imaplib.IMAP4_SSL("localhost", self.daemon.ports["imap"],
@@ -331,6 +381,32 @@ class SyncClientTests(DaemonTestCase):
         self.assertEqual(sorted(int(subject_of(p)) for p in flagged), list(range(10)))
         far, near = run_mbsync(config)
         self.assertEqual((far, near), ((0, 0, 0), (0, 0, 0)), "the last sync moved something")
+
+    def test_mbsync_syncs_compressed(self):
+        """Issue 8: mbsync turns COMPRESS=DEFLATE (RFC 4978) on when it is
+        offered, pipelines its commands inside the compressed stream, and a
+        full sync both ways completes (its protocol trace shows it)."""
+        require_binary("mbsync")
+        raw = RawIMAP(self.daemon, "mz_u")
+        self.addCleanup(raw.sock.close)
+        raw.append_many("INBOX", [message(n, size=20000) for n in range(40)])
+        raw.close()
+        config, local = mbsync_config(self.daemon, self.mktemp(), "mz_u")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(local, "Local", sub), exist_ok=True)
+        for n in range(10):
+            with open(os.path.join(local, "Local", "cur", f"17000001{n:02d}.l{n}.host:2,S"),
+                      "wb") as f:
+                f.write(message(n, "Local").replace(b"\r\n", b"\n"))
+        result = subprocess.run(["mbsync", "-Dn", "-c", config, "-a"], check=False,
+                                capture_output=True, text=True, timeout=300,
+                                stdin=subprocess.DEVNULL)
+        trace = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 0, trace[-3000:])
+        self.assertRegex(trace, r"\d+ COMPRESS DEFLATE")
+        self.assertRegex(trace, r"\d+ OK DEFLATE active")
+        self.assertEqual(len(maildir_files(local)["INBOX"]), 40)
+        self.assertEqual(self.server_counts("mz_u")["Local"], 10)
 
     def test_offlineimap_sync(self):
         """offlineimap3 syncs folders with UTF-8 local names, then a second

@@ -128,6 +128,9 @@ class LiveFolder:
         self._infos = dict(zip(self.uids, messages, strict=True))
         self._unclaimed_recent = {m[0] for m in messages if m[7]}
         self._listeners = []
+        #: SORT/THREAD keys by UID (services.ordering.keys_for): a message's
+        #: headers never change, so they stay valid while the folder is loaded
+        self.sort_keys = {}
         self.users = 0
         self.closed = False
         self._refresh_waiters = None
@@ -271,6 +274,11 @@ class LiveFolder:
         worker thread (IMAP header-field fetches, SEARCH in bodies)."""
         return self._service.store.read_messages(self.mailbox.id, self.name, uids, reader)
 
+    def changes_since(self, modseq):
+        """-> Deferred[model.FolderChanges] after ``modseq``, from the store
+        (QRESYNC: the removals a client missed, RFC 7162 §3.2.5)."""
+        return self._service.store.changes_since(self.mailbox.id, self.name, modseq)
+
     def refresh(self):
         """Pick up changes made elsewhere (other processes, other Maildir
         tools) and tell the listeners. -> Deferred[None]. Concurrent calls
@@ -330,7 +338,13 @@ class LiveFolder:
             # rebuilt or recreated behind our back: UIDs mean something else now
             self._service._close(self)
             return
-        self._apply_expunged(changes.vanished, None, None)
+        vanished = changes.vanished
+        if changes.vanished_floor > self._synced_modseq:
+            # the store pruned the tombstones we would need: compare UID lists
+            snapshot = await self._service.store.open_folder(self.mailbox.id, self.name)
+            present = {m.uid for m in snapshot.messages}
+            vanished = [u for u in self.uids if u not in present]
+        self._apply_expunged(vanished, None, None)
         added = [i for i in changes.changed if i.uid not in self._infos]
         known = [i for i in changes.changed if i.uid in self._infos]
         self._apply_changed(known, None, None)
@@ -422,6 +436,7 @@ class LiveFolder:
                 self.uids = [u for u in self.uids if u not in removed]
             for uid in gone:
                 del self._infos[uid]
+                self.sort_keys.pop(uid, None)
             self._unclaimed_recent -= removed
             self._notify("messages_expunged", origin, gone)
 

@@ -106,6 +106,22 @@ class InSet:
 
 
 @attrs.frozen
+class SavedResult:
+    """The messages of the session's saved search result (IMAP ``$``,
+    RFC 5182), given as UIDs in ``Scope.saved``."""
+
+    level = INFO
+
+
+@attrs.frozen
+class ModseqIs:
+    """The message's mod-sequence is at least ``modseq`` (RFC 7162 §3.1.5)."""
+
+    modseq: int
+    level = INFO
+
+
+@attrs.frozen
 class HeaderHas:
     """Header field ``name`` (lower-case) contains ``text``; an empty text
     matches every message that has the field."""
@@ -182,11 +198,13 @@ class Candidate:
 @attrs.frozen
 class Scope:
     """What a search needs to know besides the messages: the session's
-    \\Recent UIDs and the largest position and UID (``*``)."""
+    \\Recent UIDs, the largest position and UID (``*``) and the UIDs of the
+    saved result (``$``)."""
 
     recent: frozenset = frozenset()
     last_position: int = 0
     last_uid: int = 0
+    saved: frozenset = frozenset()
 
 
 def _utc_day(seconds):
@@ -221,6 +239,10 @@ def evaluate(node, c, scope, level):
         return c.info.uid in scope.recent
     if kind is SizeIs:
         return c.info.size > node.octets if node.op == "larger" else c.info.size < node.octets
+    if kind is ModseqIs:
+        return c.info.modseq >= node.modseq
+    if kind is SavedResult:
+        return c.info.uid in scope.saved
     if kind is InSet:
         if node.by_uid:
             return _in_ranges(c.info.uid, node.ranges, scope.last_uid)

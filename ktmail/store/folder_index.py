@@ -11,7 +11,11 @@ holds what IMAP, POP3 and webmail need without opening message files:
 - ``message_mime``: the cached MIME summary of each message (decoded header
   fields for SEARCH/SORT and the JSON body structure), filled on delivery
   or lazily on first use;
-- ``vanished``: tombstones of expunged UIDs with their modseq (QRESYNC);
+- ``vanished``: tombstones of expunged UIDs with their modseq (QRESYNC),
+  at most about ``TOMBSTONES_KEPT`` per folder: older ones are pruned and
+  the modseq up to which they were is kept in ``meta``
+  (``vanished_floor:<folder id>``), so that a caller asking for changes
+  since an older modseq knows the answer would be incomplete;
 - ``subscriptions`` and ``meta`` (quota usage in bytes and messages, the
   last UIDVALIDITY handed out, the mailbox root's mtime).
 
@@ -95,6 +99,9 @@ CREATE TABLE subscriptions (
     name TEXT PRIMARY KEY
 ) WITHOUT ROWID;
 """
+
+#: tombstones kept per folder (QRESYNC); pruning starts a quarter above it
+TOMBSTONES_KEPT = 20_000
 
 # sysflags bits of the IMAP system flags
 FLAG_BITS = {"\\Answered": 1, "\\Deleted": 2, "\\Draft": 4, "\\Flagged": 8, "\\Seen": 16}
@@ -338,6 +345,7 @@ def delete_folder(conn, folder_id):
     for table in ("messages", "message_mime", "vanished"):
         conn.execute(f"DELETE FROM {table} WHERE folder_id=?", (folder_id,))
     conn.execute("DELETE FROM folders WHERE id=?", (folder_id,))
+    conn.execute("DELETE FROM meta WHERE name=?", (f"vanished_floor:{folder_id}",))
     _adjust_usage(conn, -size, -count)
 
 
@@ -585,6 +593,28 @@ def delete_messages(conn, folder_id, rows, modseq):
         conn.execute("INSERT OR REPLACE INTO vanished (folder_id, uid, modseq) VALUES (?, ?, ?)",
                      (folder_id, row.uid, modseq))
     _adjust_usage(conn, -sum(r.size for r in rows), -len(rows))
+    if rows:
+        _prune_vanished(conn, folder_id)
+
+
+def _prune_vanished(conn, folder_id):
+    """Keep the newest TOMBSTONES_KEPT tombstones once there are a quarter
+    more; raise the folder's vanished floor to the newest pruned modseq."""
+    keep = TOMBSTONES_KEPT
+    count = conn.execute("SELECT COUNT(*) FROM vanished WHERE folder_id=?",
+                         (folder_id,)).fetchone()[0]
+    if count <= keep + keep // 4:
+        return
+    cutoff = conn.execute("SELECT modseq FROM vanished WHERE folder_id=? "
+                          "ORDER BY modseq DESC LIMIT 1 OFFSET ?", (folder_id, keep)).fetchone()[0]
+    conn.execute("DELETE FROM vanished WHERE folder_id=? AND modseq<=?", (folder_id, cutoff))
+    name = f"vanished_floor:{folder_id}"
+    set_meta(conn, name, max(get_meta(conn, name, 0), cutoff))
+
+
+def vanished_floor(conn, folder_id):
+    """The modseq up to which tombstones of the folder were pruned (0: none)."""
+    return get_meta(conn, f"vanished_floor:{folder_id}", 0)
 
 
 def changed_since(conn, folder_id, modseq):

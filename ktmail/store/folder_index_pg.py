@@ -239,6 +239,8 @@ def delete_folder(conn, folder_id):
         (folder_id,)).fetchone()
     row = conn.execute("DELETE FROM mail_folders WHERE mailbox_id=%s AND id=%s RETURNING name",
                        (conn.mailbox_id, folder_id)).fetchone()
+    conn.execute("DELETE FROM mail_meta WHERE mailbox_id=%s AND name=%s",
+                 (conn.mailbox_id, f"vanished_floor:{folder_id}"))
     _adjust_usage(conn, -size, -count)
     if row is not None:
         _notify(conn, row[0])
@@ -404,6 +406,28 @@ def delete_messages(conn, folder_id, rows, modseq):
                  "ON CONFLICT (folder_id, uid) DO UPDATE SET modseq = excluded.modseq",
                  (folder_id, modseq, uids))
     _adjust_usage(conn, -sum(r.size for r in rows), -len(rows))
+    _prune_vanished(conn, folder_id)
+
+
+def _prune_vanished(conn, folder_id):
+    """folder_index._prune_vanished over PostgreSQL."""
+    keep = folder_index.TOMBSTONES_KEPT
+    count = conn.execute("SELECT COUNT(*) FROM mail_vanished WHERE folder_id=%s",
+                         (folder_id,)).fetchone()[0]
+    if count <= keep + keep // 4:
+        return
+    cutoff = conn.execute("SELECT modseq FROM mail_vanished WHERE folder_id=%s "
+                          "ORDER BY modseq DESC LIMIT 1 OFFSET %s",
+                          (folder_id, keep)).fetchone()[0]
+    conn.execute("DELETE FROM mail_vanished WHERE folder_id=%s AND modseq<=%s",
+                 (folder_id, cutoff))
+    name = f"vanished_floor:{folder_id}"
+    set_meta(conn, name, max(get_meta(conn, name, 0) or 0, cutoff))
+
+
+def vanished_floor(conn, folder_id):
+    """The modseq up to which tombstones of the folder were pruned (0: none)."""
+    return get_meta(conn, f"vanished_floor:{folder_id}", 0) or 0
 
 
 def changed_since(conn, folder_id, modseq):

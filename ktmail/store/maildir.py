@@ -803,7 +803,8 @@ class MaildirMailbox:
         changed, vanished = self._sql.changed_since(self._conn, row.id, modseq)
         return FolderChanges(uidvalidity=row.uidvalidity, uidnext=row.uidnext,
                              highestmodseq=row.highestmodseq, changed=tuple(changed),
-                             vanished=tuple(vanished))
+                             vanished=tuple(vanished),
+                             vanished_floor=self._sql.vanished_floor(self._conn, row.id))
 
     def saved_before(self, name, before):
         row = self._folder(name)

@@ -37,8 +37,15 @@ from ktmail.model import (
     normalize_folder_name,
     parent_names,
 )
-from ktmail.store import (IAccountStore, IAuditLog, ICounterStore, IMailStore, IQueueStore,
-                          ISpamStatsStore)
+from ktmail.store import (
+    IAccountStore,
+    IAuditLog,
+    ICounterStore,
+    IMailStore,
+    IQueueStore,
+    ISpamStatsStore,
+    folder_index,
+)
 from ktmail.store.maildir import CRLFWriter
 from ktmail.store.message_flags import check_flags
 
@@ -264,6 +271,16 @@ class _MemFolder:
     highestmodseq: int = 1
     messages: dict = attrs.field(factory=dict)   # uid -> _MemMessage, ascending
     vanished: dict = attrs.field(factory=dict)   # uid -> modseq
+    vanished_floor: int = 0
+
+    def prune_vanished(self):
+        """The same tombstone policy as the index (folder_index._prune_vanished)."""
+        keep = folder_index.TOMBSTONES_KEPT
+        if len(self.vanished) <= keep + keep // 4:
+            return
+        cutoff = sorted(self.vanished.values(), reverse=True)[keep]
+        self.vanished = {u: m for u, m in self.vanished.items() if m > cutoff}
+        self.vanished_floor = max(self.vanished_floor, cutoff)
 
 
 @attrs.define
@@ -424,7 +441,8 @@ class MemoryMailStore:
             uidvalidity=folder.uidvalidity, uidnext=folder.uidnext,
             highestmodseq=folder.highestmodseq,
             changed=tuple(m.info for m in folder.messages.values() if m.info.modseq > modseq),
-            vanished=tuple(sorted(u for u, m in folder.vanished.items() if m > modseq)))
+            vanished=tuple(sorted(u for u, m in folder.vanished.items() if m > modseq)),
+            vanished_floor=folder.vanished_floor)
 
     @_answer
     def messages_saved_before(self, mailbox_id, name, before):
@@ -513,6 +531,7 @@ class MemoryMailStore:
             for uid in gone:
                 del folder.messages[uid]
                 folder.vanished[uid] = folder.highestmodseq
+            folder.prune_vanished()
         return Expunged(uids=tuple(gone), highestmodseq=folder.highestmodseq)
 
     def _transfer(self, source, uids, target, move, keep=False):
@@ -541,6 +560,7 @@ class MemoryMailStore:
             for uid in uids:
                 del source.messages[uid]
                 source.vanished[uid] = source_modseq
+            source.prune_vanished()
         return CopyResult(uidvalidity=target.uidvalidity, uid_map=tuple(uid_map),
                           added=tuple(added), source_highestmodseq=source_modseq)
 

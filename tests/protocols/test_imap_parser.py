@@ -133,7 +133,8 @@ class FetchAttributeTests(unittest.TestCase):
 
 class SearchProgramTests(unittest.TestCase):
     def program(self, text):
-        return parser.search_program(reader(text))
+        program = parser.search_program(reader(text))
+        return program.charset, program.query
 
     def test_every_rfc3501_key(self):
         """RFC 3501 §6.4.4: the whole key set parses into the query model."""
@@ -152,9 +153,10 @@ class SearchProgramTests(unittest.TestCase):
     def test_charset_and_literals(self):
         """CHARSET UTF-8 with a literal search string; other charsets are
         refused with BADCHARSET (RFC 3501 §6.4.4)."""
-        charset, query = parser.search_program(reader(
+        program = parser.search_program(reader(
             "CHARSET UTF-8 SUBJECT {6}", Literal(6, data="möte".encode()), ""))
-        self.assertEqual((charset, query), ("UTF-8", q.HeaderHas("subject", "möte")))
+        self.assertEqual((program.charset, program.query),
+                         ("UTF-8", q.HeaderHas("subject", "möte")))
         with self.assertRaises(parser.BadCharset):
             self.program("CHARSET KOI8-R ALL")
 
@@ -220,3 +222,55 @@ class WireTests(unittest.TestCase):
     def test_response_text_is_ascii(self):
         """resp-text is one line of ASCII whatever the error text holds."""
         self.assertEqual(wire.text("Ingen mapp 'Försäkring'\r\nX"), b"Ingen mapp 'F?rs?kring' X")
+
+
+class ExtensionGrammarTests(unittest.TestCase):
+    """The grammar of issue 8's extensions (RFC 7162, 4731, 5256, 5258,
+    5819, 3516), parsed into values."""
+
+    def test_condstore_and_qresync_arguments(self):
+        """RFC 7162 §3.1.3, §3.1.4, §3.2.5, §3.2.6 (with the RFC's examples)."""
+        self.assertEqual(parser.fetch_modifiers(reader(" (CHANGEDSINCE 12345 VANISHED)")),
+                         parser.FetchModifiers(12345, True))
+        self.assertEqual(parser.fetch_modifiers(reader("")), parser.FetchModifiers())
+        params = parser.select_params(reader(
+            " (QRESYNC (67890007 20050715194045000 41,43:211,214:541 (1:3 41,43:44)))"))
+        self.assertEqual((params.qresync.uidvalidity, params.qresync.modseq),
+                         (67890007, 20050715194045000))
+        self.assertEqual(params.qresync.known_uids.ranges, ((41, 41), (43, 211), (214, 541)))
+        self.assertEqual(params.qresync.seq_match[1].ranges, ((41, 41), (43, 44)))
+        self.assertTrue(parser.select_params(reader(" (CONDSTORE)")).condstore)
+        action = parser.store_action(reader("(UNCHANGEDSINCE 320162338) +FLAGS.SILENT (\\Deleted)"))
+        self.assertEqual((action.unchanged_since, action.mode, action.silent),
+                         (320162338, "add", True))
+        for bad in (" (VANISHED)", " (CHANGEDSINCE)", " (CHANGEDSINCE 0)", " (FOO 1)"):
+            with self.assertRaises(ParseError, msg=bad):
+                parser.fetch_modifiers(reader(bad))
+
+    def test_esearch_sort_thread(self):
+        """RFC 4731 §3.1 RETURN options; RFC 5256 §3 SORT and THREAD programs."""
+        program = parser.search_program(reader("RETURN (MIN COUNT) FLAGGED"))
+        self.assertEqual(program.returns, {"MIN", "COUNT"})
+        self.assertEqual(parser.search_program(reader("RETURN () ALL")).returns, {"ALL"})
+        sort = parser.sort_program(reader("(SUBJECT REVERSE DATE) UTF-8 ALL"))
+        self.assertEqual(sort.criteria, (("SUBJECT", False), ("DATE", True)))
+        self.assertEqual(parser.thread_program(reader("REFERENCES US-ASCII ALL"))[0],
+                         "REFERENCES")
+        with self.assertRaises(ParseError):
+            parser.sort_program(reader("RETURN (SAVE) (DATE) UTF-8 ALL"))
+
+    def test_list_status_and_binary(self):
+        """RFC 5819 RETURN (STATUS (...)); RFC 3516 BINARY sections."""
+        command = parser.list_command(reader('"" % RETURN (STATUS (MESSAGES UNSEEN))'))
+        self.assertEqual(command.status_items, ("MESSAGES", "UNSEEN"))
+        items = parser.fetch_atts(reader("(BINARY.PEEK[1.2]<0.100> BINARY.SIZE[3])"))
+        self.assertEqual(items[0], parser.FetchItem("BINARY[]", parser.Section((1, 2)), True,
+                                                    (0, 100)))
+        self.assertEqual(items[1].name, "BINARY.SIZE")
+        self.assertFalse(items[0].sets_seen or items[1].sets_seen)
+
+    def test_sets_on_the_wire(self):
+        """Sequence sets written back: ascending runs only when order matters
+        (RFC 5267 ESORT), ranges as they are."""
+        self.assertEqual(wire.ordered_set([3, 1, 2, 4, 5, 9]), b"3,1:2,4:5,9")
+        self.assertEqual(wire.range_set([(1, 3), (5, 5)]), b"1:3,5")

@@ -16,7 +16,7 @@ from ktmail.model import (
     MailUsage,
 )
 from ktmail.services import deferred
-from ktmail.store import IMailStore
+from ktmail.store import IMailStore, folder_index
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.memory import MemoryMailStore
 from ktmail.store.sqlite import InlineRunner
@@ -401,6 +401,27 @@ class MailStoreContract:
         self.assertEqual([i.uid for i in changes.changed], [4])
         nothing = await self.store.expunge(MAILBOX, "INBOX", [1])
         self.assertEqual(nothing.uids, ())
+
+    @deferred
+    async def test_old_tombstones_are_pruned_and_say_so(self):
+        """Tombstones (RFC 7162 QRESYNC) are kept up to a bound per folder:
+        past it the oldest go, and ``vanished_floor`` tells callers asking
+        for changes since before the pruned ones that ``vanished`` is no
+        longer complete (they must compare UID lists); newer questions get
+        exact answers."""
+        self.patch(folder_index, "TOMBSTONES_KEPT", 4)
+        start = (await self.store.folder_status(MAILBOX, "INBOX")).highestmodseq
+        for n in range(6):
+            info = await self.add(source=message(n))
+            await self.store.expunge(MAILBOX, "INBOX", [info.uid])
+        # six tombstones, one per expunge: more than 4 + 4 // 4, so pruned to 4
+        changes = await self.store.changes_since(MAILBOX, "INBOX", start)
+        self.assertGreater(changes.vanished_floor, start)
+        self.assertEqual(changes.vanished, (3, 4, 5, 6))
+        recent = await self.store.changes_since(MAILBOX, "INBOX", changes.vanished_floor)
+        self.assertEqual(recent.vanished, (3, 4, 5, 6))
+        untouched = await self.store.changes_since(MAILBOX, "Sent", 0)
+        self.assertEqual(untouched.vanished_floor, 0)
 
     @deferred
     async def test_copy(self):

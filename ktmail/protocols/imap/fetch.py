@@ -16,7 +16,9 @@ Invariants:
   that is not plain 7-bit text a literal.
 """
 
+import binascii
 import re
+import tempfile
 
 from ktmail import mime
 from ktmail.protocols.imap import wire
@@ -182,3 +184,125 @@ def needs_structure(items):
         if item.section is not None and (item.section.part or item.section.text == "TEXT"):
             return True
     return False
+
+
+# --- BINARY (RFC 3516) ----------------------------------------------------------------------
+
+
+class UnknownCTE(Exception):
+    """The part's Content-Transfer-Encoding cannot be decoded (RFC 3516 §4.3
+    [UNKNOWN-CTE])."""
+
+
+def binary_target(structure, section, size):
+    """The bytes of a BINARY section: (start, end, encoding) with encoding
+    "base64", "quoted-printable" or None (sent as it is: a whole message, a
+    multipart or message/rfc822 body, 7bit/8bit/binary); None when the
+    message has no such part. UnknownCTE for other encodings."""
+    if not section.part:
+        return (0, size, None)
+    part = structure.find(section.part)
+    if part is None:
+        return None
+    if part.is_multipart or part.message is not None:
+        return (part.body_start, part.body_end, None)
+    encoding = (part.encoding or "7bit").lower()
+    if encoding in ("7bit", "8bit", "binary"):
+        return (part.body_start, part.body_end, None)
+    if encoding not in ("base64", "quoted-printable"):
+        raise UnknownCTE(encoding)
+    return (part.body_start, part.body_end, encoding)
+
+
+_NOT_BASE64 = bytes(c for c in range(256)
+                    if not (chr(c).isascii() and (chr(c).isalnum() or chr(c) in "+/=")))
+
+
+class Decoder:
+    """A transfer-encoding decoder fed in chunks: ``feed(raw) -> decoded``,
+    then ``finish() -> decoded`` (for parts too large to decode at once)."""
+
+    def __init__(self, encoding):
+        self.encoding = encoding
+        self._rest = b""
+
+    def feed(self, raw):
+        if self.encoding is None:
+            return raw
+        data = self._rest + raw
+        if self.encoding == "base64":
+            data = data.translate(None, _NOT_BASE64)
+            cut = len(data) - len(data) % 4
+            self._rest = data[cut:]
+            return _b64(data[:cut])
+        cut = data.rfind(b"\n") + 1     # quoted-printable: whole lines only
+        self._rest = data[cut:]
+        return binascii.a2b_qp(data[:cut])
+
+    def finish(self):
+        rest, self._rest = self._rest, b""
+        if not rest or self.encoding is None:
+            return b""
+        if self.encoding == "base64":
+            return _b64(rest + b"=" * (-len(rest) % 4))
+        return binascii.a2b_qp(rest)
+
+
+def _b64(data):
+    try:
+        return binascii.a2b_base64(data)
+    except binascii.Error:
+        return b""   # broken padding: what could be decoded was
+
+
+def decode_range(fileobj, start, end, encoding, chunk=256 * 1024):
+    """Decode bytes [start, end) of ``fileobj``: -> bytes (small parts)."""
+    fileobj.seek(start)
+    decoder = Decoder(encoding)
+    out = []
+    remaining = end - start
+    while remaining > 0:
+        raw = fileobj.read(min(chunk, remaining))
+        if not raw:
+            break
+        remaining -= len(raw)
+        out.append(decoder.feed(raw))
+    out.append(decoder.finish())
+    return b"".join(out)
+
+
+def decode_to_file(fileobj, start, end, encoding, chunk=256 * 1024):
+    """Decode bytes [start, end) of ``fileobj`` into a temporary file (large
+    parts, on a worker thread): -> (file at offset 0, size, has NUL)."""
+    out = tempfile.TemporaryFile()
+    try:
+        fileobj.seek(start)
+        decoder = Decoder(encoding)
+        remaining = end - start
+        size = 0
+        nul = False
+        while True:
+            raw = fileobj.read(min(chunk, remaining)) if remaining > 0 else b""
+            remaining -= len(raw)
+            data = decoder.feed(raw) if raw else decoder.finish()
+            out.write(data)
+            size += len(data)
+            nul = nul or b"\0" in data
+            if not raw:
+                break
+        out.seek(0)
+        return out, size, nul
+    except BaseException:
+        out.close()
+        raise
+
+
+def binary_label(item):
+    """``BINARY[1.2]<0>`` / ``BINARY.SIZE[1.2]`` as the response names it."""
+    section = b".".join(b"%d" % n for n in item.section.part)
+    if item.name == "BINARY.SIZE":
+        return b"BINARY.SIZE[" + section + b"]"
+    label = b"BINARY[" + section + b"]"
+    if item.partial is not None:
+        label += b"<%d>" % item.partial[0]
+    return label

@@ -15,7 +15,12 @@ Invariants of ``SelectedFolder`` (RFC 3501 §2.3.1.2, §5.2, §7.4.1):
   for them at a point where it may send them: expunges only when
   ``allow_expunge`` (never during FETCH, STORE or SEARCH);
 - a message expunged elsewhere keeps its sequence number until then; the
-  live folder no longer knows it (``info()`` is None), so FETCH skips it.
+  live folder no longer knows it (``info()`` is None), so FETCH skips it;
+- once the session enabled CONDSTORE (RFC 7162 §3.1) every FETCH response
+  about flags carries MODSEQ; once it enabled QRESYNC (§3.2.10), removals
+  are reported as ``VANISHED uid-set`` instead of EXPUNGE;
+- ``saved`` (RFC 5182 ``$``) holds UIDs; an expunged message leaves it
+  when its removal is reported.
 """
 
 import bisect
@@ -135,6 +140,18 @@ class ImapAccount:
     def quota(self):
         return self.mailboxes.quota(self.mailbox)
 
+    def remove(self, stored):
+        """Take back messages just appended (a MULTIAPPEND that failed
+        part-way): ``stored`` are their model.StoredMessage results."""
+        by_folder = {}
+        for message in stored:
+            by_folder.setdefault(message.folder, []).append(message.info.uid)
+
+        async def run():
+            for folder, uids in by_folder.items():
+                await self.mailboxes.expunge(self.mailbox, folder, uids)
+        return defer.ensureDeferred(run())
+
     def append(self, name, source, flags, internal_date):
         """``source``: a path (a finished spool file, which the store links
         rather than copies when it can) or a binary file object."""
@@ -191,6 +208,11 @@ class SelectedFolder:
         self._flag_changes = set()
         self.closed = False
         self.session = None
+        #: RFC 7162: MODSEQ in flag updates (CONDSTORE), VANISHED (QRESYNC)
+        self.condstore = False
+        self.qresync = False
+        #: the saved search result (RFC 5182 ``$``): UIDs
+        self.saved = frozenset()
 
     def attach(self, session):
         """Start listening; claim \\Recent when read-write (RFC 3501 §2.3.2).
@@ -243,9 +265,16 @@ class SelectedFolder:
     def resolve(self, seqset, by_uid):
         """The messages of a sequence set: [(seq, uid)] ascending. Message
         numbers beyond EXISTS are an error (ParseError -> BAD); UIDs that do
-        not exist are ignored (RFC 3501 §6.4.8)."""
+        not exist are ignored (RFC 3501 §6.4.8). ``$`` is the saved search
+        result (RFC 5182 §2.1), whichever kind of number the command uses."""
         uids = self.uids
         out = []
+        if seqset.saved:
+            for uid in sorted(self.saved):
+                seq = self.seq_of(uid)
+                if seq is not None:
+                    out.append((seq, uid))
+            return out
         if by_uid:
             last = uids[-1] if uids else 0
             for low, high in seqset.resolved(last):
@@ -284,8 +313,16 @@ class SelectedFolder:
                 if seq is not None:
                     positions.append(seq)
             positions.sort(reverse=True)
-            # descending: each EXPUNGE leaves the numbers of the next ones as they were
-            lines.extend(b"* %d EXPUNGE" % seq for seq in positions)
+            if self.qresync:
+                # RFC 7162 §3.2.10: the UIDs, in place of the numbers
+                reported = sorted(self.uids[seq - 1] for seq in positions)
+                if reported:
+                    lines.append(b"* VANISHED " + wire.number_set(reported))
+            else:
+                # descending: each EXPUNGE leaves the numbers of the next ones as they were
+                lines.extend(b"* %d EXPUNGE" % seq for seq in positions)
+            if self.saved:
+                self.saved = self.saved - gone
             if len(positions) > 32:
                 self.uids = [u for u in self.uids if u not in gone]
             else:
@@ -311,12 +348,19 @@ class SelectedFolder:
                 lines.append(self.flags_line(seq, info, with_uid))
         return lines
 
-    def flags_line(self, seq, info, with_uid=True):
+    def flags_line(self, seq, info, with_uid=True, with_flags=True):
+        """``* n FETCH (UID u FLAGS (...) MODSEQ (m))``: MODSEQ once CONDSTORE
+        is on (RFC 7162 §3.1.4), with the UID then too, which clients key on;
+        without FLAGS for a .SILENT STORE (§3.1.3)."""
         recent = info.uid in self.recent
-        if with_uid:
-            return b"* %d FETCH (UID %d FLAGS %s)" % (seq, info.uid,
-                                                      wire.flag_list(info.flags, recent))
-        return b"* %d FETCH (FLAGS %s)" % (seq, wire.flag_list(info.flags, recent))
+        items = []
+        if with_uid or self.condstore:
+            items.append(b"UID %d" % info.uid)
+        if with_flags:
+            items.append(b"FLAGS " + wire.flag_list(info.flags, recent))
+        if self.condstore:
+            items.append(b"MODSEQ (%d)" % info.modseq)
+        return b"* %d FETCH (%s)" % (seq, b" ".join(items))
 
     # --- IMailbox (Twisted) ---
 

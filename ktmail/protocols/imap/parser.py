@@ -1,5 +1,7 @@
 """IMAP command syntax (RFC 3501 §9, with RFC 7888 LITERAL+, RFC 4315,
-RFC 6851, RFC 5258/6154 LIST options): from a framed command to values.
+RFC 6851, RFC 5258/6154 LIST options, RFC 5819 LIST-STATUS, RFC 7162
+modifiers, RFC 4731/5182 RETURN options, RFC 5256 SORT/THREAD, RFC 3516
+BINARY and literal8, RFC 3502 MULTIAPPEND): from a framed command to values.
 
 A command arrives framed by the server as ``segments``: the command line
 split at its literals, ``[line0, Literal, line1, Literal, ..., lineN]``,
@@ -20,8 +22,9 @@ import attrs
 from ktmail.model import INBOX, decode_mutf7
 from ktmail.services import search as q
 
-#: ``{123}`` or ``{123+}`` at the end of a line (RFC 3501 §4.3, RFC 7888)
-LITERAL_MARKER = re.compile(rb"\{(\d{1,19})(\+?)\}\Z")
+#: ``{123}`` or ``{123+}`` at the end of a line (RFC 3501 §4.3, RFC 7888),
+#: or the ``~{123}`` of a literal8 (RFC 3516 §4.4, APPEND only)
+LITERAL_MARKER = re.compile(rb"~?\{(\d{1,19})(\+?)\}\Z")
 
 _ATOM = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\\]]+")
 # 8-bit bytes are taken in atoms and quoted strings although RFC 3501 wants
@@ -169,6 +172,8 @@ class CommandReader:
         literal = self._literal_here()
         if literal is None:
             raise ParseError("Expected a string.")
+        if self.peek() == b"~":
+            raise ParseError("A literal8 (~{n}) may only carry an APPEND message.")
         self._take_literal()
         if literal.data is None:
             raise ParseError("Literal too large here.")
@@ -215,11 +220,17 @@ class CommandReader:
 # --- common arguments -------------------------------------------------------------------
 
 
-def decode_mailbox(raw):
+def decode_mailbox(raw, utf8=False):
     """A mailbox name from the wire -> str. Modified UTF-7 (RFC 3501
-    §5.1.3); 8-bit names are taken as UTF-8, which many clients send."""
+    §5.1.3); 8-bit names are taken as UTF-8, which many clients send; with
+    ``utf8`` (UTF8=ACCEPT enabled, RFC 6855 §3) every name is UTF-8."""
     if raw.upper() == b"INBOX":
         return INBOX
+    if utf8:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError("The mailbox name is not UTF-8.") from None
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
@@ -233,8 +244,8 @@ def decode_mailbox(raw):
         raise ParseError("The mailbox name is not valid modified UTF-7.") from None
 
 
-def mailbox(reader):
-    return decode_mailbox(reader.astring())
+def mailbox(reader, utf8=False):
+    return decode_mailbox(reader.astring(), utf8)
 
 
 @attrs.frozen
@@ -414,8 +425,8 @@ class FetchItem:
 
     @property
     def sets_seen(self):
-        """Does fetching this set \\Seen (RFC 3501 §6.4.5)?"""
-        return (self.section is not None and not self.peek) or self.name in (
+        """Does fetching this set \\Seen (RFC 3501 §6.4.5, RFC 3516 §4.1)?"""
+        return (self.name in ("BODY[]", "BINARY[]") and not self.peek) or self.name in (
             "RFC822", "RFC822.TEXT")
 
     @property
@@ -425,7 +436,7 @@ class FetchItem:
 
 
 _SIMPLE_ATTS = ("ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822.HEADER", "RFC822.SIZE",
-                "RFC822.TEXT", "RFC822", "BODYSTRUCTURE", "UID")
+                "RFC822.TEXT", "RFC822", "BODYSTRUCTURE", "UID", "MODSEQ")
 _MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
     "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
@@ -467,6 +478,18 @@ def section(reader):
     return Section(tuple(part), text, fields)
 
 
+def binary_section(reader):
+    """RFC 3516 ``section-binary``: ``[`` part numbers ``]`` only."""
+    reader.expect(b"[")
+    part = []
+    while reader.peek().isdigit():
+        part.append(reader.nz_number())
+        if not reader.maybe(b"."):
+            break
+    reader.expect(b"]")
+    return Section(tuple(part))
+
+
 def _partial(reader):
     if reader.peek() != b"<":
         return None
@@ -484,6 +507,12 @@ def fetch_att(reader):
     if word in ("BODY", "BODY.PEEK") and reader.peek() == b"[":
         sect = section(reader)
         return [FetchItem("BODY[]", sect, peek=word == "BODY.PEEK", partial=_partial(reader))]
+    if word in ("BINARY", "BINARY.PEEK", "BINARY.SIZE") and reader.peek() == b"[":
+        sect = binary_section(reader)
+        if word == "BINARY.SIZE":
+            return [FetchItem("BINARY.SIZE", sect)]
+        return [FetchItem("BINARY[]", sect, peek=word == "BINARY.PEEK",
+                          partial=_partial(reader))]
     if word == "BODY":
         return [FetchItem("BODY")]
     if word in _SIMPLE_ATTS:
@@ -509,6 +538,106 @@ def fetch_atts(reader):
     return tuple(dict.fromkeys(items))
 
 
+@attrs.frozen
+class FetchModifiers:
+    """RFC 7162 FETCH modifiers: CHANGEDSINCE (§3.1.4) and VANISHED (§3.2.6)."""
+
+    changed_since: int | None = None
+    vanished: bool = False
+
+
+def mod_sequence(reader, allow_zero=False):
+    """RFC 7162 ``mod-sequence-value`` (63-bit; zero only where ``valzer``)."""
+    value = reader.number(MAX_NUMBER)
+    if value == 0 and not allow_zero:
+        raise ParseError("Expected a mod-sequence above zero.")
+    return value
+
+
+def fetch_modifiers(reader):
+    """`` (CHANGEDSINCE n [VANISHED])`` after the fetch attributes, if any."""
+    if reader.peek(2) != b" (":
+        return FetchModifiers()
+    reader.space()
+    changed_since = None
+    vanished = False
+
+    def modifier():
+        nonlocal changed_since, vanished
+        word = reader.atom().upper()
+        if word == b"CHANGEDSINCE" and changed_since is None:
+            reader.space()
+            changed_since = mod_sequence(reader)
+        elif word == b"VANISHED" and not vanished:
+            vanished = True
+        else:
+            raise ParseError(f"Unknown FETCH modifier {word.decode('ascii', 'replace')}.")
+    reader.paren_list(modifier)
+    if vanished and changed_since is None:
+        raise ParseError("VANISHED needs CHANGEDSINCE (RFC 7162 §3.2.6).")
+    return FetchModifiers(changed_since, vanished)
+
+
+# --- SELECT / EXAMINE parameters (RFC 7162 §3.1.8, §3.2.5) ----------------------------------
+
+
+@attrs.frozen
+class QresyncParams:
+    """``QRESYNC (uidvalidity modseq [known-uids [(seqs uids)]])``."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: "SequenceSet | None" = None
+    seq_match: tuple | None = None   # (SequenceSet of numbers, SequenceSet of UIDs)
+
+
+@attrs.frozen
+class SelectParams:
+    condstore: bool = False
+    qresync: QresyncParams | None = None
+
+
+def select_params(reader):
+    """Optional `` (CONDSTORE)`` / `` (QRESYNC (...))`` after SELECT's name."""
+    if reader.peek(2) != b" (":
+        return SelectParams()
+    reader.space()
+    condstore = False
+    qresync = None
+
+    def param():
+        nonlocal condstore, qresync
+        word = reader.atom().upper()
+        if word == b"CONDSTORE":
+            condstore = True
+        elif word == b"QRESYNC" and qresync is None:
+            reader.space()
+            reader.expect(b"(")
+            uidvalidity = reader.nz_number()
+            reader.space()
+            modseq = mod_sequence(reader)
+            known = seq_match = None
+            if reader.peek() == b" ":
+                reader.space()
+                if reader.peek() != b"(":
+                    known = sequence_set(reader)
+                    if reader.peek() == b" ":
+                        reader.space()
+                if reader.peek() == b"(":
+                    reader.expect(b"(")
+                    seqs = sequence_set(reader)
+                    reader.space()
+                    uids = sequence_set(reader)
+                    reader.expect(b")")
+                    seq_match = (seqs, uids)
+            reader.expect(b")")
+            qresync = QresyncParams(uidvalidity, modseq, known, seq_match)
+        else:
+            raise ParseError(f"Unknown SELECT parameter {word.decode('ascii', 'replace')}.")
+    reader.paren_list(param)
+    return SelectParams(condstore, qresync)
+
+
 # --- STORE (RFC 3501 §6.4.6) -----------------------------------------------------------
 
 
@@ -517,9 +646,23 @@ class StoreAction:
     mode: str        # "add", "remove", "replace" (model.FLAGS_*)
     silent: bool
     flags: tuple
+    unchanged_since: int | None = None   # RFC 7162 §3.1.3
 
 
 def store_action(reader):
+    unchanged_since = None
+    if reader.peek() == b"(":
+        def modifier():
+            nonlocal unchanged_since
+            word = reader.atom().upper()
+            if word != b"UNCHANGEDSINCE" or unchanged_since is not None:
+                raise ParseError(f"Unknown STORE modifier {word.decode('ascii', 'replace')}.")
+            reader.space()
+            unchanged_since = mod_sequence(reader, allow_zero=True)
+        reader.paren_list(modifier)
+        if unchanged_since is None:
+            raise ParseError("Empty STORE modifier list.")
+        reader.space()
     mode = "replace"
     if reader.maybe(b"+"):
         mode = "add"
@@ -535,7 +678,7 @@ def store_action(reader):
         while reader.peek() == b" ":
             reader.space()
             flags.append(flag(reader))
-    return StoreAction(mode, silent, tuple(flags))
+    return StoreAction(mode, silent, tuple(flags), unchanged_since)
 
 
 # --- SEARCH (RFC 3501 §6.4.4) -------------------------------------------------------------
@@ -588,7 +731,10 @@ def search_key(reader, depth=0):
             raise ParseError("Empty search key list.")
         return items[0] if len(items) == 1 else q.And(tuple(items))
     if reader.peek()[:1].isdigit() or reader.peek() in (b"*", b"$"):
-        return q.InSet(sequence_set(reader).ranges, by_uid=False)
+        seqs = sequence_set(reader)
+        if seqs.saved:
+            return q.SavedResult()
+        return q.InSet(seqs.ranges, by_uid=False)
     word = reader.atom().upper().decode("ascii")
     if word == "ALL":
         return q.All()
@@ -619,7 +765,21 @@ def search_key(reader, depth=0):
     if word == "TEXT":
         return q.BodyHas(_search_text(reader), with_headers=True)
     if word == "UID":
-        return q.InSet(sequence_set(reader).ranges, by_uid=True)
+        seqs = sequence_set(reader)
+        if seqs.saved:
+            return q.SavedResult()
+        return q.InSet(seqs.ranges, by_uid=True)
+    if word == "MODSEQ":
+        # RFC 7162 §3.1.5: an optional metadata entry name and type, which
+        # change nothing here: every flag shares the message's mod-sequence
+        if reader.peek() == b'"':
+            reader.quoted()
+            reader.space()
+            entry_type = reader.atom().upper()
+            if entry_type not in (b"PRIV", b"SHARED", b"ALL"):
+                raise ParseError("MODSEQ entry type must be priv, shared or all.")
+            reader.space()
+        return q.ModseqIs(mod_sequence(reader, allow_zero=True))
     if word == "NOT":
         return q.Not(search_key(reader, depth + 1))
     if word == "OR":
@@ -629,15 +789,115 @@ def search_key(reader, depth=0):
     raise ParseError(f"Unknown search key {word}.")
 
 
-def search_program(reader):
-    """``[CHARSET x] key *(SP key)`` -> (charset, query)."""
-    charset = search_charset(reader)
+def search_keys(reader):
+    """``key *(SP key)`` -> one query node."""
     keys = [search_key(reader)]
     while reader.peek() == b" ":
         reader.space()
         keys.append(search_key(reader))
+    return keys[0] if len(keys) == 1 else q.And(tuple(keys))
+
+
+#: RFC 4731 §3.1 result options, with RFC 5182 SAVE
+RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT", "SAVE")
+
+
+def search_return(reader):
+    """``RETURN (opts) SP`` (RFC 4731 §3.1) when present -> frozenset of
+    options (empty RETURN () means ALL), else None (a plain SEARCH)."""
+    if not reader.peek_upper(b"RETURN "):
+        return None
+    reader._pos += len(b"RETURN ")
+    options = set()
+    for word in reader.paren_list(reader.atom):
+        word = word.upper().decode("ascii")
+        if word not in RETURN_OPTIONS:
+            raise ParseError(f"Unknown SEARCH return option {word}.")
+        options.add(word)
+    reader.space()
+    return frozenset(options or {"ALL"})
+
+
+@attrs.frozen
+class SearchProgram:
+    charset: str | None
+    query: object
+    returns: frozenset | None = None    # ESEARCH options (RFC 4731), None: SEARCH
+
+
+def search_program(reader):
+    """``[RETURN (opts)] [CHARSET x] key *(SP key)`` -> SearchProgram."""
+    returns = search_return(reader)
+    charset = search_charset(reader)
+    query = search_keys(reader)
     reader.end()
-    return charset, keys[0] if len(keys) == 1 else q.And(tuple(keys))
+    return SearchProgram(charset, query, returns)
+
+
+# --- SORT and THREAD (RFC 5256, RFC 5267 ESORT) -------------------------------------------
+
+SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO")
+
+
+@attrs.frozen
+class SortProgram:
+    criteria: tuple        # ((key, reverse), ...)
+    charset: str
+    query: object
+    returns: frozenset | None = None    # ESORT options (RFC 5267 §3.2)
+
+
+def _required_charset(reader):
+    charset = reader.astring().decode("ascii", "replace").upper()
+    if charset not in SEARCH_CHARSETS:
+        raise BadCharset(charset)
+    return charset
+
+
+def sort_program(reader):
+    """``[RETURN (opts)] (criteria) charset key *(SP key)`` (RFC 5256 §3)."""
+    returns = search_return(reader)
+    if returns is not None and "SAVE" in returns:
+        raise ParseError("SORT cannot SAVE its result.")
+    criteria = []
+    reverse = False
+
+    def criterion():
+        nonlocal reverse
+        word = reader.atom().upper().decode("ascii")
+        if word == "REVERSE":
+            reverse = True
+            reader.space()
+            word = reader.atom().upper().decode("ascii")
+        if word not in SORT_KEYS:
+            raise ParseError(f"Unknown sort criterion {word}.")
+        criteria.append((word, reverse))
+        reverse = False
+    reader.paren_list(criterion)
+    if not criteria:
+        raise ParseError("SORT needs at least one criterion.")
+    reader.space()
+    charset = _required_charset(reader)
+    reader.space()
+    query = search_keys(reader)
+    reader.end()
+    return SortProgram(tuple(criteria), charset, query, returns)
+
+
+THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
+
+
+def thread_program(reader):
+    """``algorithm charset key *(SP key)`` (RFC 5256 §3) -> (algorithm, query)."""
+    algorithm = reader.atom().upper().decode("ascii")
+    if algorithm not in THREAD_ALGORITHMS:
+        raise ParseError(f"Unknown threading algorithm {algorithm}.")
+    reader.space()
+    _required_charset(reader)
+    reader.space()
+    query = search_keys(reader)
+    reader.end()
+    return algorithm, query
 
 
 # --- LIST (RFC 3501 §6.3.8, RFC 5258, RFC 6154) --------------------------------------------
@@ -648,28 +908,29 @@ class ListCommand:
     reference: str
     patterns: tuple
     selection: frozenset = frozenset()   # SUBSCRIBED, SPECIAL-USE, RECURSIVEMATCH, REMOTE
-    returns: frozenset = frozenset()     # SUBSCRIBED, CHILDREN, SPECIAL-USE
+    returns: frozenset = frozenset()     # SUBSCRIBED, CHILDREN, SPECIAL-USE, STATUS
+    status_items: tuple = ()             # RETURN (STATUS (...)) (RFC 5819)
 
 
 _SELECTION = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
-_RETURNS = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"}
+_RETURNS = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"}
 
 
-def _pattern(reader):
+def _pattern(reader, utf8=False):
     raw = reader.list_mailbox()
     if raw.upper() == b"INBOX":
         return INBOX
     try:
-        return decode_mailbox(raw)
+        return decode_mailbox(raw, utf8)
     except ParseError:
         # wildcards make some patterns not decodable as a whole; decode the
         # literal runs between them
         parts = re.split(rb"([*%])", raw)
-        return "".join(p.decode() if p in (b"*", b"%") else decode_mailbox(p) if p else ""
-                       for p in parts)
+        return "".join(p.decode() if p in (b"*", b"%") else decode_mailbox(p, utf8) if p
+                       else "" for p in parts)
 
 
-def list_command(reader):
+def list_command(reader, utf8=False):
     selection = set()
     if reader.peek() == b"(":
         for word in reader.paren_list(reader.atom):
@@ -681,28 +942,36 @@ def list_command(reader):
         if "RECURSIVEMATCH" in selection and selection <= {"RECURSIVEMATCH", "REMOTE"}:
             raise ParseError("RECURSIVEMATCH needs another selection option.")
     reference = reader.astring()
-    reference = decode_mailbox(reference) if reference else ""
+    reference = decode_mailbox(reference, utf8) if reference else ""
     reader.space()
     if reader.peek() == b"(":
-        patterns = reader.paren_list(lambda: _pattern(reader))
+        patterns = reader.paren_list(lambda: _pattern(reader, utf8))
     else:
-        patterns = [_pattern(reader)]
+        patterns = [_pattern(reader, utf8)]
     returns = set()
+    items = ()
     if reader.peek() == b" ":
         reader.space()
         reader.expect(b"RETURN")
         reader.space()
-        for word in reader.paren_list(reader.atom):
-            word = word.upper().decode("ascii")
-            if word in _RETURNS:
-                returns.add(word)
-            else:
-                raise ParseError(f"Unknown LIST return option {word}.")
+
+        def option():
+            nonlocal items
+            word = reader.atom().upper().decode("ascii")
+            if word not in _RETURNS or word in returns:
+                raise ParseError(f"Unknown or repeated LIST return option {word}.")
+            returns.add(word)
+            if word == "STATUS":
+                reader.space()
+                items = status_items(reader)   # RFC 5819 §2
+        reader.paren_list(option)
     reader.end()
-    return ListCommand(reference, tuple(patterns), frozenset(selection), frozenset(returns))
+    return ListCommand(reference, tuple(patterns), frozenset(selection), frozenset(returns),
+                       items)
 
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "APPENDLIMIT")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "APPENDLIMIT",
+                "HIGHESTMODSEQ", "SIZE")
 
 
 def status_items(reader):

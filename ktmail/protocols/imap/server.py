@@ -1,4 +1,10 @@
-"""The IMAP4rev1 session (RFC 3501) with the extensions of SPEC §4.
+"""The IMAP4rev1 session (RFC 3501) with the extensions of SPEC §4 and
+issue 8: CONDSTORE/QRESYNC (RFC 7162), ESEARCH (RFC 4731), SEARCHRES
+(RFC 5182), SORT/THREAD (RFC 5256), ESORT (RFC 5267), COMPRESS=DEFLATE
+(RFC 4978), LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819), STATUS=SIZE
+(RFC 8438), BINARY (RFC 3516), MULTIAPPEND (RFC 3502), UTF8=ACCEPT
+(RFC 6855). ``capability_list`` says what is offered and what IMAP4rev2
+still lacks.
 
 ``IMAPServer`` subclasses Twisted's ``IMAP4Server`` for its connection
 plumbing (line reception, states, timeouts, the greeting) and replaces
@@ -27,10 +33,12 @@ Invariants:
 """
 
 import base64
+import bisect
 import collections
 import inspect
 import io
 import re
+import zlib
 
 import attrs
 from twisted.internet import defer, interfaces, protocol, task
@@ -42,9 +50,10 @@ import ktmail
 from ktmail import errors, mime
 from ktmail.model import FLAGS_ADD, INBOX, SEEN, SEPARATOR, normalize_folder_name
 from ktmail.protocols.imap import fetch, parser, wire
+from ktmail.protocols.imap.compress import DeflateTransport, Inflater
 from ktmail.protocols.imap.mailbox import ImapAccount, keyword_flags, pattern_matcher
 from ktmail.protocols.imap.parser import CommandReader, Literal, ParseError
-from ktmail.services import search
+from ktmail.services import ordering, search
 
 log = Logger()
 
@@ -54,6 +63,9 @@ MAX_MEMORY_LITERAL = 64 * 1024
 MAX_LITERAL_UNAUTHENTICATED = 8 * 1024
 #: command bytes held in memory (lines plus in-memory literals)
 MAX_COMMAND_BYTES = 1024 * 1024
+#: message bytes of one APPEND command (MULTIAPPEND, RFC 3502): the quota
+#: could never take more
+MAX_APPEND_COMMAND_BYTES = 1024 * 1024 * 1024
 #: pipelined input held while a command runs before the socket stops being read
 MAX_BUFFERED = 256 * 1024
 #: failed logins on one connection before it is closed
@@ -71,7 +83,7 @@ QUOTA_ALERT = 0.9
 
 _TAG = re.compile(rb"([^\x00-\x20\x7f-\xff(){%*\"\\+]+) ")
 _COMMAND = re.compile(rb"[A-Za-z]+")
-_FAST_ITEMS = {"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"}
+_FAST_ITEMS = {"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "MODSEQ"}
 
 
 @attrs.frozen
@@ -169,6 +181,8 @@ class _Framed:
     segments: list = attrs.field(factory=list)
     size: int = 0
     refusal: tuple | None = None
+    #: bytes of the APPEND messages before this literal (MULTIAPPEND)
+    append_bytes: int = 0
 
     @property
     def tag(self):
@@ -230,7 +244,7 @@ class _Gone(Exception):
 
 def _mailbox(server, reader):
     reader.space()
-    return parser.mailbox(reader)
+    return parser.mailbox(reader, "UTF8=ACCEPT" in server._enabled)
 
 
 def _astring(server, reader):
@@ -258,9 +272,19 @@ def _search_program(server, reader):
     return parser.search_program(reader)
 
 
+def _sort_program(server, reader):
+    reader.space()
+    return parser.sort_program(reader)
+
+
+def _thread_program(server, reader):
+    reader.space()
+    return parser.thread_program(reader)
+
+
 def _list_command(server, reader):
     reader.space()
-    return parser.list_command(reader)
+    return parser.list_command(reader, "UTF8=ACCEPT" in server._enabled)
 
 
 def _status_items(server, reader):
@@ -269,13 +293,25 @@ def _status_items(server, reader):
 
 
 def _append_args(server, reader):
+    """``mailbox 1*(SP [flags SP] [date-time SP] literal)``: several messages
+    are MULTIAPPEND (RFC 3502 §6.3.11). -> (name, [(flags, date, Literal)])."""
     reader.space()
-    name = parser.mailbox(reader)
-    reader.space()
-    flags = parser.optional_flag_list(reader)
-    date = parser.optional_date_time(reader)
-    literal = reader.literal()
-    return name, tuple(flags or ()), date, literal
+    name = parser.mailbox(reader, "UTF8=ACCEPT" in server._enabled)
+    messages = []
+    while reader.peek() == b" " or not messages:
+        reader.space()
+        flags = parser.optional_flag_list(reader)
+        date = parser.optional_date_time(reader)
+        if reader.maybe(b"UTF8 ("):
+            # RFC 6855 §4: a message with UTF-8 header fields, as a literal8
+            if "UTF8=ACCEPT" not in server._enabled:
+                raise ParseError("Enable UTF8=ACCEPT first (RFC 6855 §4).")
+            literal = reader.literal()
+            reader.expect(b")")
+        else:
+            literal = reader.literal()
+        messages.append((tuple(flags or ()), date, literal))
+    return name, messages
 
 
 def _auth_args(server, reader):
@@ -306,9 +342,22 @@ def _atoms(server, reader):
     return out
 
 
+def _atom(server, reader):
+    reader.space()
+    return reader.atom()
+
+
 def _quota_root(server, reader):
     reader.space()
     return reader.astring()
+
+
+def _select_params(server, reader):
+    return parser.select_params(reader)
+
+
+def _fetch_modifiers(server, reader):
+    return parser.fetch_modifiers(reader)
 
 
 def _rest(server, reader):
@@ -318,12 +367,12 @@ def _rest(server, reader):
 def _list_reference(server, reader):
     reader.space()
     raw = reader.astring()
-    return parser.decode_mailbox(raw) if raw else ""
+    return parser.decode_mailbox(raw, "UTF8=ACCEPT" in server._enabled) if raw else ""
 
 
 def _list_pattern(server, reader):
     reader.space()
-    return parser._pattern(reader)
+    return parser._pattern(reader, "UTF8=ACCEPT" in server._enabled)
 
 
 # --- the session --------------------------------------------------------------------
@@ -362,6 +411,8 @@ class IMAPServer(imap4.IMAP4Server):
         self._auth_failures = 0
         self._quota_alerted = False
         self._enabled = set()
+        #: the client's deflate stream once COMPRESS is active (RFC 4978)
+        self._inflater = None
 
     # --- connection ---
 
@@ -419,6 +470,23 @@ class IMAPServer(imap4.IMAP4Server):
     # --- capabilities (SPEC §4) ---
 
     def capability_list(self):
+        """What this session offers (SPEC §4 and issue 8); each extension is
+        listed only once it is complete.
+
+        IMAP4rev2 (RFC 9051) is not advertised yet. Of its Appendix E
+        differences from IMAP4rev1, these are served: NAMESPACE, UNSELECT,
+        UIDPLUS, ESEARCH, SEARCHRES, ENABLE, IDLE, SASL-IR, LIST-EXTENDED,
+        LIST-STATUS, MOVE, LITERAL+ (a superset of LITERAL-), BINARY,
+        SPECIAL-USE, STATUS=SIZE, the RFC 5530 response codes, UID EXPUNGE,
+        APPENDUID/COPYUID, CHILDREN attributes, [CLOSED] (after ENABLE
+        QRESYNC). What remains is the behaviour switched on by ``ENABLE
+        IMAP4rev2``: SEARCH answered only with ESEARCH; no RECENT response,
+        \\Recent flag, NEW/OLD/RECENT keys or [UNSEEN n] at SELECT; the
+        LIST response of the folder in SELECT/EXAMINE; [CLOSED] always;
+        UTF-8 mailbox names instead of modified UTF-7; the STATUS DELETED
+        item; LIST's OLDNAME after RENAME; and RFC 9051 §6.2.1 STARTTLS,
+        which SPEC §2's implicit-TLS-only listeners do not offer.
+        """
         caps = [b"IMAP4rev1", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"LITERAL+"]
         if self.state == "unauth":
             caps.append(b"AUTH=PLAIN" if self.tls else b"LOGINDISABLED")
@@ -427,7 +495,11 @@ class IMAPServer(imap4.IMAP4Server):
         # also promise the STATUS DELETED-STORAGE item, not served yet
         return caps + [b"NAMESPACE", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"QUOTA",
                        b"UNSELECT", b"CHILDREN",
-                       b"APPENDLIMIT=%d" % self.context.max_message_bytes]
+                       b"APPENDLIMIT=%d" % self.context.max_message_bytes,
+                       b"CONDSTORE", b"QRESYNC", b"ESEARCH", b"SEARCHRES", b"STATUS=SIZE",
+                       b"SORT", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
+                       b"LIST-EXTENDED", b"LIST-STATUS", b"COMPRESS=DEFLATE", b"BINARY",
+                       b"MULTIAPPEND", b"UTF8=ACCEPT"]
 
     def listCapabilities(self):
         return self.capability_list()
@@ -435,6 +507,25 @@ class IMAPServer(imap4.IMAP4Server):
     # --- reception: lines, over-long lines, literals ---
 
     def dataReceived(self, data):
+        if self._inflater is None:
+            self._plain_received(data)
+            return
+        if not data:
+            # resuming after a command: the lines already inflated come first
+            self._plain_received(b"")
+        self._inflater.feed(data)
+        try:
+            self._inflater.drain()
+        except zlib.error:
+            self._inflater = None
+            self.sendLine(b"* BYE The compressed data from the client is corrupt.")
+            self._drop()
+
+    def _wants_input(self):
+        """May more (inflated) input go into the line buffer now?"""
+        return not self._gone and not (self.paused and len(self._buffer) > MAX_BUFFERED)
+
+    def _plain_received(self, data):
         if self._skipping:
             end = data.find(b"\n")
             if end < 0:
@@ -492,6 +583,9 @@ class IMAPServer(imap4.IMAP4Server):
             if is_append and size > self.context.max_message_bytes:
                 framed.refusal = (b"NO", b"[TOOBIG] The message is larger than the %d-byte "
                                   b"limit (APPENDLIMIT)." % self.context.max_message_bytes)
+            elif is_append and framed.append_bytes + size > MAX_APPEND_COMMAND_BYTES:
+                framed.refusal = (b"NO", b"[LIMIT] Too much in one APPEND; send fewer "
+                                  b"messages at a time.")
             elif not is_append and size > (MAX_MEMORY_LITERAL if authenticated
                                            else MAX_LITERAL_UNAUTHENTICATED):
                 framed.refusal = (b"BAD", b"The literal is too large for this command.")
@@ -512,7 +606,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._stop_reading()
 
         def decided(quota):
-            if quota.used_bytes + size > quota.limit_bytes:
+            if quota.used_bytes + framed.append_bytes + size > quota.limit_bytes:
                 self._framing = None
                 self._answer(framed.tag, b"NO", b"[OVERQUOTA] " + wire.text(
                     errors.QuotaExceeded.default_text))
@@ -532,11 +626,15 @@ class IMAPServer(imap4.IMAP4Server):
         _tag, name = framed.words()
         if framed.refusal is not None:
             sink = _DiscardSink(size)
-        elif name == b"APPEND" and size > MAX_MEMORY_LITERAL:
+        elif name == b"APPEND" and (size > MAX_MEMORY_LITERAL
+                                    or framed.size + size > MAX_COMMAND_BYTES):
             sink = _SpoolSink(self.context.new_spool(), size)
+            framed.append_bytes += size
         else:
             sink = _MemorySink(size)
             framed.size += size
+            if name == b"APPEND":
+                framed.append_bytes += size
         self._literal = (framed, sink, size)
         if not non_sync:
             self.sendLine(b"+ Ready for literal data")
@@ -557,7 +655,10 @@ class IMAPServer(imap4.IMAP4Server):
             rest = data[need:]
         if sink.remaining == 0:
             self._literal_done()
-            self.setLineMode(rest)
+            # not setLineMode(rest): it would feed ``rest``, already plain
+            # (inflated) bytes, through dataReceived again
+            if rest:
+                self._plain_received(rest)
 
     def _literal_done(self):
         framed, sink, size = self._literal
@@ -670,8 +771,9 @@ class IMAPServer(imap4.IMAP4Server):
     # --- responses ---
 
     def _expunge_allowed(self):
-        # RFC 3501 §7.4.1: not during FETCH, STORE or SEARCH (UID forms may)
-        return self._current not in (b"FETCH", b"STORE", b"SEARCH")
+        # RFC 3501 §7.4.1: not during FETCH, STORE or SEARCH (UID forms
+        # may); RFC 5256 §3: SORT and THREAD are like SEARCH
+        return self._current not in (b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD")
 
     def _send_updates(self, allow_expunge=None):
         selected = self.selected
@@ -716,6 +818,8 @@ class IMAPServer(imap4.IMAP4Server):
         error = failure.value
         if failure.check(ParseError):
             self._answer(tag, b"BAD", wire.text(str(error)))
+        elif failure.check(_UnknownCTE):
+            self._answer(tag, b"NO", b"[UNKNOWN-CTE] The part's transfer encoding is unknown.")
         elif failure.check(errors.KtmailError):
             self._answer(tag, b"NO", self._error_code(error, name) + wire.text(error.text))
         else:
@@ -878,28 +982,95 @@ class IMAPServer(imap4.IMAP4Server):
                 "mail, or new messages will be refused."))
 
     async def do_ENABLE(self, tag, capabilities):
-        """RFC 5161: nothing to enable yet; the list says what was enabled."""
-        enabled = [c for c in capabilities if c.upper().decode("ascii", "replace")
-                   in self.ENABLEABLE]
-        self._enabled.update(c.upper() for c in enabled)
-        self.sendLine(b"* ENABLED" + b"".join(b" " + c.upper() for c in enabled))
+        """RFC 5161: the ENABLED line lists what this command turned on.
+        QRESYNC implies CONDSTORE (RFC 7162 §3.2.3)."""
+        enabled = []
+        for name in dict.fromkeys(c.upper() for c in capabilities):
+            text = name.decode("ascii", "replace")
+            if text in self.ENABLEABLE and text not in self._enabled:
+                enabled.append(name)
+                self._enabled.add(text)
+        if "QRESYNC" in self._enabled:
+            self._enable_qresync()
+        elif "CONDSTORE" in self._enabled:
+            self._enable_condstore()
+        self.sendLine(b"* ENABLED" + b"".join(b" " + c for c in enabled))
         self._ok(tag, b"ENABLE completed")
 
-    #: capabilities ENABLE can turn on (CONDSTORE, QRESYNC ... when they exist)
-    ENABLEABLE = frozenset()
+    #: capabilities ENABLE can turn on
+    ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC", "UTF8=ACCEPT"})
+
+    def _mailbox_name(self, name):
+        return wire.mailbox(name, utf8="UTF8=ACCEPT" in self._enabled)
+
+    @property
+    def condstore(self):
+        return "CONDSTORE" in self._enabled
+
+    @property
+    def qresync(self):
+        return "QRESYNC" in self._enabled
+
+    def _enable_condstore(self):
+        """RFC 7162 §3.1: a CONDSTORE-enabling command. Issued while a folder
+        is selected, it brings the folder's HIGHESTMODSEQ (§3.1.2.1)."""
+        first = not self.condstore
+        self._enabled.add("CONDSTORE")
+        selected = self.selected
+        if selected is not None and not selected.condstore:
+            selected.condstore = True
+            if first:
+                self.sendLine(b"* OK [HIGHESTMODSEQ %d] Highest mod-sequence."
+                              % selected.live.highestmodseq)
+
+    def _enable_qresync(self):
+        self._enabled.add("QRESYNC")
+        self._enable_condstore()
+        if self.selected is not None:
+            self.selected.qresync = True
+
+    async def do_COMPRESS(self, tag, mechanism):
+        """RFC 4978 §3: after the tagged OK (sent uncompressed) both
+        directions are raw deflate; see protocols/imap/compress.py."""
+        if mechanism.upper() != b"DEFLATE":
+            self._answer(tag, b"NO", b"[CANNOT] Only DEFLATE is offered.")
+            return
+        if self._inflater is not None:
+            self._answer(tag, b"NO", b"[COMPRESSIONACTIVE] DEFLATE is already active.")
+            return
+        self._ok(tag, b"DEFLATE active")
+        if self._gone:
+            return
+        # a client does not send more before this answer (it could not know
+        # whether it would be compressed); anything already here is
+        leftover, self._buffer = self._buffer, b""
+        self.transport = DeflateTransport(self.transport)
+        self._inflater = Inflater(self._plain_received, self._wants_input)
+        self._inflater.feed(leftover)
 
     async def do_NAMESPACE(self, tag):
         """RFC 2342: one personal namespace with "/" as separator."""
         self.sendLine(b'* NAMESPACE (("" "/")) NIL NIL')
         self._ok(tag, b"NAMESPACE completed")
 
-    async def do_SELECT(self, tag, name, rw):
-        """RFC 3501 §6.3.1/§6.3.2 with every response §7 asks for."""
+    async def do_SELECT(self, tag, name, params, rw):
+        """RFC 3501 §6.3.1/§6.3.2 with every response §7 asks for, and the
+        RFC 7162 CONDSTORE (§3.1.8) and QRESYNC (§3.2.5) parameters."""
+        if params.qresync is not None and not self.qresync:
+            raise ParseError("Enable QRESYNC first (RFC 7162 §3.2.3).")
+        if params.condstore:
+            self._enabled.add("CONDSTORE")
+        had_selection = self.selected is not None
         self._deselect()
         selected = await self.account.select(name, rw)
         if self._gone:
             selected.live.release()
             return
+        if had_selection and self.qresync:
+            # RFC 7162 §3.2.11: the end of the previous folder's responses
+            self.sendLine(b"* OK [CLOSED] Previous folder closed.")
+        selected.condstore = self.condstore
+        selected.qresync = self.qresync
         selected.attach(self)
         self.selected = selected
         self.state = "select"
@@ -922,8 +1093,60 @@ class IMAPServer(imap4.IMAP4Server):
                 self.sendLine(b"* OK [UNSEEN %d] First unseen." % seq)
         self.sendLine(b"* OK [UIDVALIDITY %d] UIDs valid." % live.uidvalidity)
         self.sendLine(b"* OK [UIDNEXT %d] Predicted next UID." % live.uidnext)
+        if self.condstore:
+            self.sendLine(b"* OK [HIGHESTMODSEQ %d] Highest mod-sequence." % live.highestmodseq)
+        if params.qresync is not None and params.qresync.uidvalidity == live.uidvalidity:
+            await self._qresync(selected, params.qresync)
         command = b"SELECT" if rw else b"EXAMINE"
         self._ok(tag, (b"[READ-WRITE] " if rw else b"[READ-ONLY] ") + command + b" completed")
+
+    async def _qresync(self, selected, params):
+        """RFC 7162 §3.2.5.1: what the client missed since ``params.modseq``:
+        ``VANISHED (EARLIER)`` for the removed UIDs it may know, then FETCH
+        (UID FLAGS MODSEQ) of every message changed since. Nothing at all
+        when nothing changed, so a resync of an unchanged folder costs only
+        the SELECT responses."""
+        live = selected.live
+        if params.modseq < live.highestmodseq:
+            known = None
+            if params.known_uids is not None:
+                known = params.known_uids.resolved(max(live.uidnext - 1, 1))
+            vanished = await self._vanished_since(selected, params.modseq, known)
+            if vanished:
+                self.sendLine(b"* VANISHED (EARLIER) " + vanished)
+        await self._send_changed(selected, selected.uids, params.modseq)
+
+    async def _vanished_since(self, selected, modseq, ranges):
+        """UIDs within ``ranges`` ([(low, high)], None: any) removed after
+        ``modseq``, as a sequence set (b"" for none). Where the store no
+        longer holds tombstones that old (it prunes them), every UID of the
+        ranges that is not in the folder is reported instead, as the gaps
+        between the folder's UIDs: more than needed, never too few (RFC 7162
+        §3.2.5.2 lets clients ignore UIDs they do not know)."""
+        live = selected.live
+        changes = await live.changes_since(modseq)
+        if changes.vanished_floor > modseq:
+            top = max(live.uidnext - 1, 0)
+            return wire.range_set(_gaps(ranges or [(1, top)], live.uids, top))
+        vanished = changes.vanished
+        if ranges is not None:
+            vanished = [u for u in vanished if _in_ranges(u, ranges)]
+        return wire.number_set(vanished)
+
+    async def _send_changed(self, selected, uids, modseq):
+        """``* n FETCH (UID FLAGS MODSEQ)`` for those of ``uids`` (the
+        session's view, ascending) changed after ``modseq``."""
+        info = selected.live.info
+        out = []
+        for uid in uids:
+            i = info(uid)
+            if i is not None and i.modseq > modseq:
+                out.append(selected.flags_line(selected.seq_of(uid), i) + b"\r\n")
+                if len(out) >= FAST_BATCH:
+                    await self._write_slice(out)
+                    out = []
+        if out and not self._gone:
+            self.transport.write(b"".join(out))
 
     def _deselect(self):
         selected, self.selected = self.selected, None
@@ -976,41 +1199,82 @@ class IMAPServer(imap4.IMAP4Server):
         self._ok(tag, b"UNSUBSCRIBE completed")
 
     async def do_LIST(self, tag, command):
-        """RFC 3501 §6.3.8 with CHILDREN (RFC 3348) and SPECIAL-USE (RFC 6154)
-        attributes, and the RFC 5258 selection/return options SUBSCRIBED and
-        SPECIAL-USE."""
-        if command.patterns == ("",):
+        """RFC 3501 §6.3.8 with LIST-EXTENDED (RFC 5258: several patterns,
+        selection options SUBSCRIBED, REMOTE, RECURSIVEMATCH, SPECIAL-USE,
+        return options CHILDREN, SUBSCRIBED, SPECIAL-USE, the CHILDINFO
+        extended item), CHILDREN (RFC 3348), SPECIAL-USE (RFC 6154) and
+        LIST-STATUS (RFC 5819: a STATUS line after each selectable folder)."""
+        if command.patterns == ("",) and not command.selection:
             # RFC 3501: the hierarchy delimiter and the root
             self.sendLine(b'* LIST (\\Noselect) "/" ""')
             self._ok(tag, b"LIST completed")
             return
         matchers = [pattern_matcher(command.reference, p) for p in command.patterns]
+        if "HIGHESTMODSEQ" in command.status_items:
+            self._enable_condstore()
+
+        def matches(name):
+            return any(m(name) for m in matchers)
         infos = await self.account.list_folders()
-        wants_subscribed = "SUBSCRIBED" in command.selection | command.returns
+        selection = command.selection
+        wants_subscribed = "SUBSCRIBED" in selection | command.returns
         subscribed = set(await self.account.list_subscriptions()) if wants_subscribed else set()
-        special_only = "SPECIAL-USE" in command.selection
-        existing = {i.name for i in infos}
+        by_name = {i.name: i for i in infos}
+
+        def selected_by_options(name):
+            info = by_name.get(name)
+            if "SUBSCRIBED" in selection and name not in subscribed:
+                return False
+            if "SPECIAL-USE" in selection and (info is None or not info.special_use):
+                return False
+            return True
+
+        names = set(by_name)
+        if "SUBSCRIBED" in selection:
+            names |= subscribed
+        # RFC 5258 §3.5 RECURSIVEMATCH: a folder whose descendants meet the
+        # selection criteria is listed with CHILDINFO, even if it does not
+        childinfo = set()
+        if "RECURSIVEMATCH" in selection:
+            for name in names:
+                if selected_by_options(name):
+                    parts = name.split(SEPARATOR)
+                    for n in range(1, len(parts)):
+                        childinfo.add(SEPARATOR.join(parts[:n]))
         lines = []
-        for info in infos:
-            if not any(m(info.name) for m in matchers):
+        for name in names:
+            if not matches(name):
                 continue
-            if "SUBSCRIBED" in command.selection and info.name not in subscribed:
+            listed = selected_by_options(name)
+            if not listed and name not in childinfo:
                 continue
-            if special_only and not info.special_use:
-                continue
-            attributes = [b"\\HasChildren" if info.has_children else b"\\HasNoChildren"]
-            if info.special_use:
-                attributes.append(info.special_use.encode("ascii"))
-            if wants_subscribed and info.name in subscribed:
+            info = by_name.get(name)
+            attributes = []
+            if info is None:
+                attributes.append(b"\\NonExistent")
+            else:
+                attributes.append(b"\\HasChildren" if info.has_children
+                                  else b"\\HasNoChildren")
+                if info.special_use:
+                    attributes.append(info.special_use.encode("ascii"))
+            if wants_subscribed and name in subscribed:
                 attributes.append(b"\\Subscribed")
-            lines.append((info.name != INBOX, info.name, attributes))
-        if "SUBSCRIBED" in command.selection and not special_only:
-            for name in sorted(subscribed - existing):
-                if any(m(name) for m in matchers):
-                    lines.append((True, name, [b"\\NonExistent", b"\\Subscribed"]))
-        for _, name, attributes in sorted(lines):
+            extended = b""
+            if name in childinfo:
+                reasons = [b'"SUBSCRIBED"'] if "SUBSCRIBED" in selection else []
+                if "SPECIAL-USE" in selection:
+                    reasons.append(b'"SPECIAL-USE"')
+                extended = b' ("CHILDINFO" (' + b" ".join(reasons) + b"))"
+            lines.append((name != INBOX, name, attributes, extended, info is not None))
+        for _, name, attributes, extended, exists in sorted(lines):
             self.sendLine(b"* LIST (" + b" ".join(attributes) + b') "/" '
-                          + wire.mailbox(name))
+                          + self._mailbox_name(name) + extended)
+            if "STATUS" in command.returns and exists:
+                try:
+                    status = await self.account.status(name)
+                except errors.NoSuchFolder:
+                    continue  # deleted meanwhile: RFC 5819 §2 sends no STATUS
+                self.sendLine(self._status_line(status, command.status_items))
         self._ok(tag, b"LIST completed")
 
     async def do_LSUB(self, tag, reference, pattern):
@@ -1022,34 +1286,35 @@ class IMAPServer(imap4.IMAP4Server):
         for name in sorted(names, key=lambda n: (n != INBOX, n)):
             if matcher(name):
                 flags = b"" if name in existing else b"\\Noselect"
-                self.sendLine(b"* LSUB (" + flags + b') "/" ' + wire.mailbox(name))
+                self.sendLine(b"* LSUB (" + flags + b') "/" ' + self._mailbox_name(name))
         self._ok(tag, b"LSUB completed")
 
     async def do_STATUS(self, tag, name, items):
         """RFC 3501 §6.3.10 (the name is quoted when it must be), with the
-        RFC 7889 APPENDLIMIT item."""
+        RFC 7889 APPENDLIMIT, RFC 7162 §3.1.7 HIGHESTMODSEQ and RFC 8438
+        SIZE items."""
+        if "HIGHESTMODSEQ" in items:
+            self._enable_condstore()
         status = await self.account.status(name)
-        values = {"MESSAGES": status.messages, "RECENT": status.recent,
-                  "UIDNEXT": status.uidnext, "UIDVALIDITY": status.uidvalidity,
-                  "UNSEEN": status.unseen, "APPENDLIMIT": self.context.max_message_bytes}
-        self.sendLine(b"* STATUS " + wire.mailbox(status.name) + b" (" + b" ".join(
-            b"%s %d" % (item.encode(), values[item]) for item in items) + b")")
+        self.sendLine(self._status_line(status, items))
         self._ok(tag, b"STATUS completed")
 
-    async def do_APPEND(self, tag, arguments):
-        """RFC 3501 §6.3.11 with APPENDUID (RFC 4315), [TOOBIG] and
-        [OVERQUOTA]; the message was streamed to a spool file as it arrived."""
-        name, flags, date, literal = arguments
-        if literal.size > self.context.max_message_bytes:
-            raise errors.TooBig()
+    def _status_line(self, status, items):
+        values = {"MESSAGES": status.messages, "RECENT": status.recent,
+                  "UIDNEXT": status.uidnext, "UIDVALIDITY": status.uidvalidity,
+                  "UNSEEN": status.unseen, "APPENDLIMIT": self.context.max_message_bytes,
+                  "HIGHESTMODSEQ": status.highestmodseq, "SIZE": status.size}
+        return b"* STATUS " + self._mailbox_name(status.name) + b" (" + b" ".join(
+            b"%s %d" % (item.encode(), values[item]) for item in items) + b")"
+
+    async def _check_header_section(self, source):
+        """LimitReached when a message's header section is over the limits
+        (a path is read on a worker thread)."""
         limits = self.context.header_limits
-        if literal.spool is not None:
-            await literal.spool.finish()
-            source = literal.spool.path
+        if isinstance(source, str):
             problem = await self.context.run_in_thread(mime.header_section_problem,
                                                        source, limits)
         else:
-            source = io.BytesIO(literal.data)
             problem = mime.header_section_problem(source, limits)
         if problem == mime.HEADER_TOO_BIG:
             raise errors.LimitReached(f"The message's header section is larger than "
@@ -1057,17 +1322,48 @@ class IMAPServer(imap4.IMAP4Server):
         if problem == mime.TOO_MANY_FIELDS:
             raise errors.LimitReached(f"The message has more than {limits.max_fields} "
                                       "header fields.")
-        stored = await self.account.append(name, source, [f for f in flags
-                                                          if f != "\\Recent"], date)
+
+    async def do_APPEND(self, tag, arguments):
+        """RFC 3501 §6.3.11 with APPENDUID (RFC 4315), [TOOBIG] and
+        [OVERQUOTA]; each message was streamed to a spool file as it
+        arrived; a literal8 (RFC 3516 §4.4) is taken as it is. Several
+        messages are MULTIAPPEND (RFC 3502): all of them are stored or none
+        (the ones stored before a failure are removed again). A header
+        section over the configured limits is refused with [LIMIT]."""
+        name, messages = arguments
+        for _flags, _date, literal in messages:
+            if literal.size > self.context.max_message_bytes:
+                raise errors.TooBig()
+        sources = []
+        for _flags, _date, literal in messages:
+            if literal.spool is not None:
+                await literal.spool.finish()
+                sources.append(literal.spool.path)
+            else:
+                sources.append(io.BytesIO(literal.data))
+            await self._check_header_section(sources[-1])
+        if len(messages) > 1:
+            quota = await self.account.quota()
+            if quota.used_bytes + sum(m[2].size for m in messages) > quota.limit_bytes:
+                raise errors.QuotaExceeded()
+        stored = []
+        try:
+            for (flags, date, _literal), source in zip(messages, sources, strict=True):
+                stored.append(await self.account.append(
+                    name, source, [f for f in flags if f != "\\Recent"], date))
+        except Exception:
+            if stored:
+                await self.account.remove(stored)
+            raise
         await self._quota_alert()
-        self._ok(tag, b"[APPENDUID %d %d] APPEND completed" % (stored.uidvalidity,
-                                                               stored.info.uid))
+        uids = wire.number_set([s.info.uid for s in stored])
+        self._ok(tag, b"[APPENDUID %d %s] APPEND completed" % (stored[-1].uidvalidity, uids))
 
     async def do_GETQUOTAROOT(self, tag, name):
         """RFC 9208 §4.3.2: one quota root, "", for all folders together."""
         status = await self.account.status(name)
         quota = await self.account.quota()
-        self.sendLine(b"* QUOTAROOT " + wire.mailbox(status.name) + b' ""')
+        self.sendLine(b"* QUOTAROOT " + self._mailbox_name(status.name) + b' ""')
         self.sendLine(b'* QUOTA "" (STORAGE %d %d)' % (quota.used_kib, quota.limit_kib))
         self._ok(tag, b"GETQUOTAROOT completed")
 
@@ -1101,8 +1397,9 @@ class IMAPServer(imap4.IMAP4Server):
 
     auth_ENABLE = select_ENABLE = (do_ENABLE, _atoms)
     auth_NAMESPACE = select_NAMESPACE = (do_NAMESPACE,)
-    auth_SELECT = select_SELECT = (do_SELECT, _mailbox, True)
-    auth_EXAMINE = select_EXAMINE = (do_SELECT, _mailbox, False)
+    auth_COMPRESS = select_COMPRESS = (do_COMPRESS, _atom)
+    auth_SELECT = select_SELECT = (do_SELECT, _mailbox, _select_params, True)
+    auth_EXAMINE = select_EXAMINE = (do_SELECT, _mailbox, _select_params, False)
     auth_CREATE = select_CREATE = (do_CREATE, _mailbox)
     auth_DELETE = select_DELETE = (do_DELETE, _mailbox)
     auth_RENAME = select_RENAME = (do_RENAME, _mailbox, _mailbox)
@@ -1144,7 +1441,9 @@ class IMAPServer(imap4.IMAP4Server):
         self._ok(tag, b"UNSELECT completed")
 
     async def do_EXPUNGE(self, tag, seqset=None):
-        """RFC 3501 §6.4.3, and UID EXPUNGE (RFC 4315 §2.1) with a UID set."""
+        """RFC 3501 §6.4.3, and UID EXPUNGE (RFC 4315 §2.1) with a UID set;
+        with CONDSTORE on, the tagged OK carries HIGHESTMODSEQ (RFC 7162
+        §3.2.7, §3.2.9), since removals carry no MODSEQ of their own."""
         selected = self._writable()
         among = None
         if seqset is not None:
@@ -1153,47 +1452,178 @@ class IMAPServer(imap4.IMAP4Server):
         if doomed:
             # the responses come back through our own listener, like anyone's
             await selected.live.expunge(doomed)
-        self._ok(tag, b"EXPUNGE completed")
+        self._ok(tag, self._highestmodseq_code() + b"EXPUNGE completed")
+
+    def _highestmodseq_code(self):
+        if self.condstore and self.selected is not None:
+            return b"[HIGHESTMODSEQ %d] " % self.selected.live.highestmodseq
+        return b""
 
     async def do_SEARCH(self, tag, program, by_uid):
         """RFC 3501 §6.4.4: always one ``* SEARCH`` line, also when nothing
-        matches; served from the index, bodies read off the reactor thread."""
-        _charset, query = program
+        matches; served from the index, bodies read off the reactor thread.
+        ``RETURN (...)`` answers with ESEARCH (RFC 4731 §3.1) and SAVE keeps
+        the result as ``$`` (RFC 5182 §2.1); a MODSEQ key adds the highest
+        mod-sequence of the result (RFC 7162 §3.1.5)."""
         selected = self.selected
+        query = program.query
+        with_modseq = any(isinstance(k, search.ModseqIs) for k in search.leaves(query))
+        if with_modseq:
+            self._enable_condstore()
+        saving = program.returns is not None and "SAVE" in program.returns
+        try:
+            uids = await self._matching_uids(selected, query)
+        except Exception:
+            if saving:
+                selected.saved = frozenset()  # RFC 5182 §2.1: a failed SAVE empties $
+            raise
+        if program.returns is None:
+            numbers = uids if by_uid else [selected.seq_of(u) for u in uids]
+            line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
+            if with_modseq and uids:
+                line += b" (MODSEQ %d)" % self._highest_modseq_of(selected, uids)
+            self.sendLine(line)
+        else:
+            self._esearch(tag, selected, uids, program.returns, by_uid, with_modseq)
+        self._ok(tag, b"SEARCH completed")
+
+    async def _matching_uids(self, selected, query):
+        """UIDs of the session's view matching ``query``, ascending."""
         live = selected.live
         view = selected.uids
         info = live.info
         messages = [(n, i) for n, uid in enumerate(view, 1) if (i := info(uid)) is not None]
         scope = search.Scope(recent=frozenset(selected.recent), last_position=len(view),
-                             last_uid=view[-1] if view else 0)
+                             last_uid=view[-1] if view else 0, saved=selected.saved)
         positions = await search.search(live, query, messages, scope)
-        numbers = [view[p - 1] for p in positions] if by_uid else positions
-        self.sendLine(b"* SEARCH" + b"".join(b" %d" % n for n in numbers))
-        self._ok(tag, b"SEARCH completed")
+        return [view[p - 1] for p in positions]
+
+    @staticmethod
+    def _highest_modseq_of(selected, uids):
+        info = selected.live.info
+        return max((i.modseq for u in uids if (i := info(u)) is not None), default=0)
+
+    def _esearch(self, tag, selected, uids, returns, by_uid, with_modseq, ordered=False):
+        """``* ESEARCH (TAG "t") [UID] MIN MAX COUNT ALL [MODSEQ]`` (RFC 4731
+        §3.1; RFC 5267 §3.2 for SORT: then MIN/MAX/ALL follow the sort
+        order); SAVE keeps ``$`` (RFC 5182 §2.1: only MIN/MAX when no ALL
+        or COUNT is asked)."""
+        reported = uids
+        if returns & {"MIN", "MAX"} and not returns & {"ALL", "COUNT"}:
+            reported = list(dict.fromkeys(([uids[0]] if "MIN" in returns else [])
+                                          + ([uids[-1]] if "MAX" in returns else []))) \
+                if uids else []
+        if "SAVE" in returns:
+            selected.saved = frozenset(reported)
+        if not returns - {"SAVE"}:
+            return
+        numbers = uids if by_uid else [selected.seq_of(u) for u in uids]
+        parts = [b"* ESEARCH (TAG " + wire.string(tag) + b")"]
+        if by_uid:
+            parts.append(b"UID")
+        if numbers and "MIN" in returns:
+            parts.append(b"MIN %d" % (numbers[0] if ordered else min(numbers)))
+        if numbers and "MAX" in returns:
+            parts.append(b"MAX %d" % (numbers[-1] if ordered else max(numbers)))
+        if "COUNT" in returns:
+            parts.append(b"COUNT %d" % len(numbers))
+        if numbers and "ALL" in returns:
+            parts.append(b"ALL " + (wire.ordered_set(numbers) if ordered
+                                    else wire.number_set(numbers)))
+        if with_modseq and reported:
+            parts.append(b"MODSEQ %d" % self._highest_modseq_of(selected, reported))
+        self.sendLine(b" ".join(parts))
+
+    async def do_SORT(self, tag, program, by_uid):
+        """RFC 5256 §3 SORT from the index's cached summaries (keys built
+        once per message); ``RETURN (...)`` answers with ESEARCH in sort
+        order (RFC 5267 §3.2 ESORT)."""
+        selected = self.selected
+        with_modseq = any(isinstance(k, search.ModseqIs) for k in search.leaves(program.query))
+        if with_modseq:
+            self._enable_condstore()
+        items = await self._ordering_items(selected, program.query)
+        ordered = ordering.sort(items, program.criteria)
+        uids = [i.info.uid for i in ordered]
+        if program.returns is None:
+            numbers = uids if by_uid else [i.position for i in ordered]
+            line = b"* SORT" + b"".join(b" %d" % n for n in numbers)
+            if with_modseq and uids:
+                # RFC 7162 §3.1.9: like SEARCH's (§3.1.6)
+                line += b" (MODSEQ %d)" % self._highest_modseq_of(selected, uids)
+            self.sendLine(line)
+        else:
+            self._esearch(tag, selected, uids, program.returns, by_uid, with_modseq,
+                          ordered=True)
+        self._ok(tag, b"SORT completed")
+
+    async def do_THREAD(self, tag, program, by_uid):
+        """RFC 5256 §3 THREAD=ORDEREDSUBJECT and THREAD=REFERENCES."""
+        algorithm, query = program
+        selected = self.selected
+        items = await self._ordering_items(selected, query)
+        if algorithm == "ORDEREDSUBJECT":
+            roots = ordering.thread_ordered_subject(items)
+        else:
+            roots = ordering.thread_references(items)
+
+        def number(item):
+            return item.info.uid if by_uid else item.position
+        self.sendLine(b"* THREAD " + b"".join(b"(" + ordering.render(root, number) + b")"
+                                              for root in roots) if roots else b"* THREAD")
+        self._ok(tag, b"THREAD completed")
+
+    async def _ordering_items(self, selected, query):
+        """The messages matching ``query`` as ordering.Item (position, info, keys)."""
+        uids = await self._matching_uids(selected, query)
+        keys = await ordering.keys_for(selected.live, uids)
+        info = selected.live.info
+        return [ordering.Item(selected.seq_of(u), i, keys[u]) for u in uids
+                if u in keys and (i := info(u)) is not None]
 
     async def do_STORE(self, tag, seqset, action, by_uid):
         """RFC 3501 §6.4.6: the new flags of every message in the set are
-        reported unless .SILENT (others' changes are reported anyway)."""
+        reported unless .SILENT (others' changes are reported anyway). With
+        UNCHANGEDSINCE (RFC 7162 §3.1.3) messages changed after it are left
+        alone and named in [MODIFIED]; with CONDSTORE on, every changed
+        message is reported with its MODSEQ, .SILENT or not."""
         selected = self._writable()
+        if action.unchanged_since is not None:
+            self._enable_condstore()
         targets = selected.resolve(seqset, by_uid)
         flags = [f for f in action.flags if f != "\\Recent"]
         live = selected.live
         uids = [uid for _, uid in targets if live.info(uid) is not None]
+        refused = set()
+        changed = set()
         if uids:
-            await live.set_flags(uids, flags, action.mode, origin=selected)
-        if not action.silent:
-            lines = []
-            for seq, uid in targets:
-                current = live.info(uid)
-                if current is not None:
-                    lines.append(selected.flags_line(seq, current, with_uid=by_uid))
-                if len(lines) >= FAST_BATCH:
-                    self.transport.write(b"\r\n".join(lines) + b"\r\n")
-                    lines = []
-                    await self._gate.wait()
-            if lines and not self._gone:
+            result = await live.set_flags(uids, flags, action.mode,
+                                          unchanged_since=action.unchanged_since,
+                                          origin=selected)
+            refused = set(result.modified)
+            changed = {i.uid for i in result.changed}
+        lines = []
+        for seq, uid in targets:
+            current = live.info(uid)
+            if current is None or uid in refused:
+                continue
+            if action.silent:
+                if selected.condstore and uid in changed:
+                    lines.append(selected.flags_line(seq, current, with_flags=False))
+            else:
+                lines.append(selected.flags_line(seq, current, with_uid=by_uid))
+            if len(lines) >= FAST_BATCH:
                 self.transport.write(b"\r\n".join(lines) + b"\r\n")
-        self._ok(tag, b"STORE completed")
+                lines = []
+                await self._gate.wait()
+        if lines and not self._gone:
+            self.transport.write(b"\r\n".join(lines) + b"\r\n")
+        code = b""
+        if refused:
+            numbers = sorted(refused) if by_uid else sorted(
+                n for u in refused if (n := selected.seq_of(u)) is not None)
+            code = b"[MODIFIED " + wire.number_set(numbers) + b"] "
+        self._ok(tag, code + b"STORE completed")
 
     async def do_COPY(self, tag, seqset, name, by_uid):
         """RFC 3501 §6.4.7 with COPYUID (RFC 4315); quota-checked."""
@@ -1214,7 +1644,8 @@ class IMAPServer(imap4.IMAP4Server):
         code = self._copyuid(result)
         if code:
             self.sendLine(b"* OK " + code + b"Moved.")
-        self._ok(tag, b"MOVE completed")
+        # like EXPUNGE's (RFC 7162 §3.2.7): removals carry no MODSEQ of their own
+        self._ok(tag, self._highestmodseq_code() + b"MOVE completed")
 
     @staticmethod
     def _copyuid(result):
@@ -1229,12 +1660,36 @@ class IMAPServer(imap4.IMAP4Server):
             target_set = b",".join(b"%d" % t for t in targets)
         return b"[COPYUID %d %s %s] " % (result.uidvalidity, source_set, target_set)
 
-    async def do_FETCH(self, tag, seqset, items, by_uid):
-        """RFC 3501 §6.4.5."""
+    async def do_FETCH(self, tag, seqset, items, modifiers, by_uid):
+        """RFC 3501 §6.4.5, with MODSEQ and the CHANGEDSINCE modifier (RFC
+        7162 §3.1.4.1, §3.1.4.2) and UID FETCH's VANISHED modifier (§3.2.6)."""
         selected = self.selected
+        if modifiers.vanished:
+            if not by_uid:
+                raise ParseError("VANISHED is a UID FETCH modifier (RFC 7162 §3.2.6).")
+            if not self.qresync:
+                raise ParseError("Enable QRESYNC first (RFC 7162 §3.2.6).")
+        since = modifiers.changed_since
+        if since is not None or any(i.name == "MODSEQ" for i in items):
+            self._enable_condstore()
         targets = selected.resolve(seqset, by_uid)
         if by_uid and not any(i.name == "UID" for i in items):
             items = (parser.FetchItem("UID"),) + tuple(items)
+        if since is not None:
+            if not any(i.name == "MODSEQ" for i in items):
+                items = tuple(items) + (parser.FetchItem("MODSEQ"),)
+            if modifiers.vanished:
+                live = selected.live
+                if seqset.saved:
+                    ranges = [(u, u) for u in sorted(selected.saved)]
+                else:
+                    ranges = seqset.resolved(max(live.uidnext - 1, 1))
+                vanished = await self._vanished_since(selected, since, ranges)
+                if vanished:
+                    self.sendLine(b"* VANISHED (EARLIER) " + vanished)
+            info = selected.live.info
+            targets = [(seq, uid) for seq, uid in targets
+                       if (i := info(uid)) is not None and i.modseq > since]
         if all(i.name in _FAST_ITEMS for i in items):
             await self._fetch_fast(selected, targets, items)
         else:
@@ -1256,6 +1711,8 @@ class IMAPServer(imap4.IMAP4Server):
             return b"RFC822.SIZE %d" % info.size
         if name == "INTERNALDATE":
             return b"INTERNALDATE " + wire.internal_date(info.internal_date)
+        if name == "MODSEQ":
+            return b"MODSEQ (%d)" % info.modseq
         raise AssertionError(name)
 
     async def _fetch_fast(self, selected, targets, items):
@@ -1291,6 +1748,7 @@ class IMAPServer(imap4.IMAP4Server):
         sets_seen = selected.rw and any(i.sets_seen for i in items)
         structure_needed = fetch.needs_structure(items)
         wants_flags = any(i.name == "FLAGS" for i in items)
+        wants_modseq = any(i.name == "MODSEQ" for i in items)
         cache = {}
         for start in range(0, len(targets), FULL_BATCH):
             batch = [(seq, uid, live.info(uid)) for seq, uid in targets[start:start + FULL_BATCH]]
@@ -1321,6 +1779,8 @@ class IMAPServer(imap4.IMAP4Server):
                 if uid in newly_seen and not wants_flags:
                     plan = plan + [b"FLAGS " + wire.flag_list(info.flags,
                                                               uid in selected.recent)]
+                if uid in newly_seen and selected.condstore and not wants_modseq:
+                    plan = plan + [b"MODSEQ (%d)" % info.modseq]
                 group.append((seq, uid, plan))
                 budget += sum(p.cost for p in plan if isinstance(p, _Read))
                 if budget >= READ_BUDGET:
@@ -1362,6 +1822,8 @@ class IMAPServer(imap4.IMAP4Server):
                 plan.append(b"BODY " + fetch.body_structure(structure, False))
             elif name == "RFC822.HEADER":
                 plan.append(_Read(b"RFC822.HEADER", header=True))
+            elif name in ("BINARY[]", "BINARY.SIZE"):
+                plan.append(self._binary_plan(item, info, structure))
             else:
                 if name == "RFC822":
                     label, section, partial = b"RFC822", parser.Section(), None
@@ -1389,8 +1851,29 @@ class IMAPServer(imap4.IMAP4Server):
                     plan.append(_Stream(label, begin, end))
         return plan
 
+    @staticmethod
+    def _binary_plan(item, info, structure):
+        """RFC 3516 §4.2: BINARY[section]<partial> and BINARY.SIZE[section],
+        the part's transfer encoding decoded (small parts in the batch read,
+        large ones into a temporary file on a worker thread)."""
+        label = fetch.binary_label(item)
+        try:
+            target = fetch.binary_target(structure, item.section, info.size)
+        except fetch.UnknownCTE:
+            raise _UnknownCTE() from None
+        if target is None:
+            return label + b" NIL"
+        start, end, encoding = target
+        size_only = item.name == "BINARY.SIZE"
+        if encoding is None and size_only:
+            return label + b" %d" % (end - start)
+        if end - start <= INLINE_BODY:
+            return _Read(label, span=(start, end), decode=encoding or "", partial=item.partial,
+                         size_only=size_only)
+        return _BinaryStream(label, start, end, encoding, item.partial, size_only)
+
     async def _write_message(self, live, seq, uid, plan, data):
-        streams = [p for p in plan if isinstance(p, _Stream)]
+        streams = [p for p in plan if isinstance(p, (_Stream, _BinaryStream))]
         fileobj = None
         if streams:
             try:
@@ -1404,8 +1887,24 @@ class IMAPServer(imap4.IMAP4Server):
                 if isinstance(piece, bytes):
                     pieces.append(prefix + piece)
                 elif isinstance(piece, _Read):
-                    pieces.append(prefix + piece.label + b" " + wire.literal(
-                        piece.render(data[id(piece)])))
+                    pieces.append(prefix + piece.response(data[id(piece)]))
+                elif isinstance(piece, _BinaryStream):
+                    decoded, size, nul = await self.context.run_in_thread(
+                        fetch.decode_to_file, fileobj, piece.start, piece.end, piece.encoding)
+                    try:
+                        if piece.size_only:
+                            pieces.append(prefix + piece.label + b" %d" % size)
+                            continue
+                        begin, end = fetch.apply_partial(0, size, piece.partial)
+                        pieces.append(prefix + piece.label + (b" ~{%d}\r\n" if nul else
+                                                              b" {%d}\r\n") % (end - begin))
+                        if self._gone:
+                            raise _Gone()
+                        self.transport.write(b"".join(pieces))
+                        pieces = []
+                        await self._stream(decoded, begin, end)
+                    finally:
+                        decoded.close()
                 else:
                     pieces.append(prefix + piece.label + b" {%d}\r\n" % (piece.end - piece.start))
                     if self._gone:
@@ -1446,8 +1945,12 @@ class IMAPServer(imap4.IMAP4Server):
     select_UID_EXPUNGE = (do_EXPUNGE, _seqset)
     select_SEARCH = (do_SEARCH, _search_program, False)
     select_UID_SEARCH = (do_SEARCH, _search_program, True)
-    select_FETCH = (do_FETCH, _seqset, _fetch_atts, False)
-    select_UID_FETCH = (do_FETCH, _seqset, _fetch_atts, True)
+    select_SORT = (do_SORT, _sort_program, False)
+    select_UID_SORT = (do_SORT, _sort_program, True)
+    select_THREAD = (do_THREAD, _thread_program, False)
+    select_UID_THREAD = (do_THREAD, _thread_program, True)
+    select_FETCH = (do_FETCH, _seqset, _fetch_atts, _fetch_modifiers, False)
+    select_UID_FETCH = (do_FETCH, _seqset, _fetch_atts, _fetch_modifiers, True)
     select_STORE = (do_STORE, _seqset, _store_action, False)
     select_UID_STORE = (do_STORE, _seqset, _store_action, True)
     select_COPY = (do_COPY, _seqset, _mailbox, False)
@@ -1456,17 +1959,35 @@ class IMAPServer(imap4.IMAP4Server):
     select_UID_MOVE = (do_MOVE, _seqset, _mailbox, True)
 
 
+class _UnknownCTE(Exception):
+    """BINARY of a part whose transfer encoding is unknown (RFC 3516 §4.3)."""
+
+
 @attrs.frozen
 class _Read:
     """A FETCH item whose bytes are read with the batch: a byte ``span`` of
     the file, or the header block (``header``), filtered by a
-    HEADER.FIELDS ``section``, cut by ``partial``."""
+    HEADER.FIELDS ``section``, cut by ``partial``; for BINARY (``decode``
+    not None: "" for none, else the transfer encoding) decoded first, and
+    only its size for BINARY.SIZE."""
 
     label: bytes
     span: tuple | None = None
     header: bool = False
     section: object = None
     partial: tuple | None = None
+    decode: str | None = None
+    size_only: bool = False
+
+    def response(self, data):
+        if self.decode is None:
+            return self.label + b" " + wire.literal(self.render(data))
+        if self.size_only:
+            return self.label + b" %d" % len(data)
+        if self.partial is not None:
+            origin, length = self.partial
+            data = data[origin:origin + length]
+        return self.label + b" " + wire.literal8(data)
 
     @property
     def cost(self):
@@ -1478,6 +1999,8 @@ class _Read:
     def read(self, fileobj):
         if self.header:
             return search.read_header_block(fileobj)
+        if self.decode is not None:
+            return fetch.decode_range(fileobj, *self.span, self.decode or None)
         start, end = self.span
         fileobj.seek(start)
         return fileobj.read(end - start)
@@ -1500,12 +2023,50 @@ class _Stream:
     end: int
 
 
+@attrs.frozen
+class _BinaryStream:
+    """A large BINARY item: decoded into a temporary file, then streamed."""
+
+    label: bytes
+    start: int
+    end: int
+    encoding: str | None
+    partial: tuple | None
+    size_only: bool
+
+
 def _range_reader(reads):
     """reader(uid, fileobj) for LiveFolder.read_messages: the bytes of every
     _Read of that message, in plan order (a list indexed like the plan)."""
     def read(uid, fileobj):
         return {id(r): r.read(fileobj) for r in reads[uid]}
     return read
+
+
+def _gaps(ranges, uids, top):
+    """The parts of sorted, merged ``ranges`` (capped at ``top``) that hold
+    none of the sorted ``uids``: [(low, high)], without visiting each UID."""
+    out = []
+    for low, high in ranges:
+        high = min(high, top)
+        if low > high:
+            continue
+        i = bisect.bisect_left(uids, low)
+        start = low
+        while i < len(uids) and uids[i] <= high:
+            if uids[i] > start:
+                out.append((start, uids[i] - 1))
+            start = uids[i] + 1
+            i += 1
+        if start <= high:
+            out.append((start, high))
+    return out
+
+
+def _in_ranges(value, ranges):
+    """Is ``value`` in sorted, merged [(low, high)]?"""
+    i = bisect.bisect_right(ranges, (value, float("inf"))) - 1
+    return i >= 0 and ranges[i][0] <= value <= ranges[i][1]
 
 
 def _read_at(fileobj, position, size):

@@ -37,6 +37,15 @@ def literal(data):
     return b"{%d}\r\n%s" % (len(data), data)
 
 
+def literal8(data):
+    """RFC 3516 ``literal8`` (``~{n}``) when the bytes hold a NUL, else an
+    ordinary literal: the bytes go out exactly as they are."""
+    data = _bytes(data)
+    if b"\x00" in data:
+        return b"~{%d}\r\n%s" % (len(data), data)
+    return b"{%d}\r\n%s" % (len(data), data)
+
+
 def string(value):
     """A ``string``: quoted when it can be, else a literal."""
     data = _bytes(value).replace(b"\x00", b"")
@@ -58,11 +67,19 @@ def astring(value):
     return string(data)
 
 
-def mailbox(name):
-    """A mailbox name on the wire: modified UTF-7 (RFC 3501 §5.1.3), as an
-    astring; INBOX is always spelled INBOX."""
+def mailbox(name, utf8=False):
+    """A mailbox name on the wire: modified UTF-7 (RFC 3501 §5.1.3), or
+    UTF-8 once the client enabled UTF8=ACCEPT (RFC 6855 §3), as an astring
+    (a quoted string may then carry UTF-8); INBOX is always spelled INBOX."""
     if name.upper() == INBOX:
         return b"INBOX"
+    if utf8:
+        data = name.encode("utf-8")
+        if _ATOM.match(data.replace(b"]", b"a")):
+            return data
+        if b"\r" not in data and b"\n" not in data and b"\x00" not in data:
+            return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        return literal(data)
     return astring(encode_mutf7(name).encode("ascii"))
 
 
@@ -102,6 +119,29 @@ def number_set(numbers):
         else:
             out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
             start = prev = n
+    if start is not None:
+        out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+    return b",".join(out)
+
+
+def range_set(ranges):
+    """Ascending, disjoint [(low, high)] -> ``1:3,5`` (a sequence set)."""
+    return b",".join(b"%d" % low if low == high else b"%d:%d" % (low, high)
+                     for low, high in ranges)
+
+
+def ordered_set(numbers):
+    """Ints in a given order (RFC 5267 sorted results) -> a sequence set that
+    keeps the order: only ascending runs become ranges."""
+    out = []
+    start = prev = None
+    for n in numbers:
+        if start is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+        start = prev = n
     if start is not None:
         out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
     return b",".join(out)
