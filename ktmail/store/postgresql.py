@@ -25,17 +25,17 @@ error text (``config.redact_url``).
 """
 
 import re
+import sys
 import threading
 import zlib
 from importlib import resources
 
 import psycopg
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from ktmail import errors
 from ktmail.model import Address, Customer, Mailbox
-from ktmail.store import IAccountStore, IAuditLog, ICounterStore, ISpamStatsStore
+from ktmail.store.transactions import AccountTransactions, SpamStatsTransactions
 
 log = Logger()
 
@@ -398,92 +398,10 @@ def list_audit_txn(conn, limit):
         (limit,))]
 
 
-@implementer(IAccountStore, ICounterStore, IAuditLog)
-class PostgresStore:
+class PostgresStore(AccountTransactions):
     """IAccountStore, ICounterStore and IAuditLog over one Database."""
 
-    def __init__(self, db):
-        self.db = db
-
-    def _run(self, fn, *args):
-        return self.db.run_interaction(fn, *args)
-
-    # IAccountStore
-    def add_customer(self, login, password_hash, now):
-        return self._run(add_customer_txn, login, password_hash, now)
-
-    def get_customer(self, login):
-        return self._run(get_customer_txn, login)
-
-    def get_customer_by_id(self, customer_id):
-        return self._run(get_customer_by_id_txn, customer_id)
-
-    def customer_password_hash(self, login):
-        return self._run(customer_password_hash_txn, login)
-
-    def set_customer_password(self, login, password_hash):
-        return self._run(set_customer_password_txn, login, password_hash)
-
-    def list_customers(self):
-        return self._run(list_customers_txn)
-
-    def remove_customer(self, login):
-        return self._run(remove_customer_txn, login)
-
-    def add_mailbox(self, customer_id, username, address, password_hash, quota_bytes, now,
-                    limit):
-        return self._run(add_mailbox_txn, customer_id, username, address, password_hash,
-                         quota_bytes, now, limit)
-
-    def get_mailbox(self, mailbox_id):
-        return self._run(get_mailbox_txn, mailbox_id)
-
-    def get_mailbox_by_username(self, username):
-        return self._run(get_mailbox_by_username_txn, username)
-
-    def get_mailbox_by_address(self, address):
-        return self._run(get_mailbox_by_address_txn, address)
-
-    def mailbox_password_hash(self, username):
-        return self._run(mailbox_password_hash_txn, username)
-
-    def set_mailbox_password(self, mailbox_id, password_hash):
-        return self._run(set_mailbox_password_txn, mailbox_id, password_hash)
-
-    def list_mailboxes(self, customer_id=None):
-        return self._run(list_mailboxes_txn, customer_id)
-
-    def remove_mailbox(self, mailbox_id, inactive_since=None):
-        return self._run(remove_mailbox_txn, mailbox_id, inactive_since)
-
-    def record_login(self, mailbox_id, now):
-        return self._run(record_login_txn, mailbox_id, now)
-
-    def record_warning(self, mailbox_id, days_before):
-        return self._run(record_warning_txn, mailbox_id, days_before)
-
-    # ICounterStore
-    def add_event(self, key, now, count=1):
-        return self._run(add_event_txn, key, now, count)
-
-    def events_since(self, key, since):
-        return self._run(events_since_txn, key, since)
-
-    def take_event(self, key, now, count, window, limit):
-        return self._run(take_event_txn, key, now, count, window, limit)
-
-    def clear_events(self, key):
-        return self._run(clear_events_txn, key)
-
-    def prune_events(self, before):
-        return self._run(prune_events_txn, before)
-
-    # IAuditLog
-    def add_audit(self, now, actor, action, target, detail=""):
-        return self._run(add_audit_txn, now, actor, action, target, detail)
-
-    def list_audit(self, limit=100):
-        return self._run(list_audit_txn, limit)
+    txns = sys.modules[__name__]
 
 
 # --- spam filter statistics (schema_pg 002) -----------------------------------------
@@ -566,22 +484,8 @@ def forget_spam_scope_txn(conn, scope):
         conn.execute(f"DELETE FROM {table} WHERE scope=%s", (scope,))
 
 
-@implementer(ISpamStatsStore)
-class PostgresSpamStatsStore:
+class PostgresSpamStatsStore(SpamStatsTransactions):
     """ISpamStatsStore over one Database."""
 
-    def __init__(self, db):
-        self.db = db
+    txns = sys.modules[__name__]
 
-    def load_stats(self, scopes, tokens):
-        return self.db.run_interaction(load_spam_stats_txn, tuple(scopes), tuple(tokens))
-
-    def learn(self, scopes, message_key, tokens, is_spam, now=0.0):
-        return self.db.run_interaction(learn_spam_txn, tuple(scopes), message_key,
-                                       tuple(tokens), bool(is_spam), now)
-
-    def prune(self, before):
-        return self.db.run_interaction(prune_spam_txn, before)
-
-    def forget_scope(self, scope):
-        return self.db.run_interaction(forget_spam_scope_txn, scope)
