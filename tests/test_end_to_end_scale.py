@@ -12,7 +12,6 @@ import json
 import os
 import re
 import smtplib
-import socket
 import threading
 import time
 import urllib.request
@@ -21,6 +20,7 @@ from twisted.trial import unittest
 
 from tests import postgresql
 from tests.e2e import PASSWORD, KtmailDaemon
+from tests.test_end_to_end_imap import RawIMAP
 
 ALICE = ("alice_u", "alice@brev.fi")
 BOB = ("bob_u", "bob@brev.fi")
@@ -89,36 +89,6 @@ class Node(KtmailDaemon):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['web']}/healthz",
                                     timeout=10) as r:
             return r.status, json.loads(r.read())
-
-
-class RawIMAP:
-    """A blocking TLS IMAP connection for what imaplib cannot do (IDLE)."""
-
-    def __init__(self, daemon, username):
-        self.sock = daemon.client_tls().wrap_socket(
-            socket.create_connection(("localhost", daemon.ports["imap"]), timeout=30),
-            server_hostname="localhost")
-        self.buffer = b""
-        self.read_until(b"\r\n")
-        self.send(b'l LOGIN %s "%s"\r\n' % (username.encode(), PASSWORD.encode()))
-        self.read_until(b"l OK")
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def read_until(self, marker, timeout=30):
-        deadline = time.monotonic() + timeout
-        while marker not in self.buffer:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {marker!r} in {self.buffer[-500:]!r}")
-            self.sock.settimeout(max(0.1, deadline - time.monotonic()))
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise AssertionError(f"connection closed before {marker!r}")
-            self.buffer += chunk
-        before, _, self.buffer = self.buffer.partition(marker)
-        rest, _sep, self.buffer = self.buffer.partition(b"\r\n")
-        return before + marker + rest
 
 
 class TwoNodeTests(unittest.TestCase):

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from ktmail import errors
 from ktmail.model import INBOX, SPAM_FOLDER
 from ktmail.services import deferred, events
+from ktmail.store.files import pid_alive
 
 log = Logger()
 
@@ -144,16 +145,6 @@ def spam_header_lines(verdict):
 # --- the service ---------------------------------------------------------------------------
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @attrs.define
 class DeliveryService:
     """Accept messages for local mailboxes (INTERFACES.md, "Delivery").
@@ -201,7 +192,7 @@ class DeliveryService:
                 old = entry.stat().st_mtime < now - STALE_SPOOL_SECONDS
             except FileNotFoundError:
                 continue
-            if old or pid is None or (pid != os.getpid() and not _pid_alive(pid)):
+            if old or pid is None or (pid != os.getpid() and not pid_alive(pid)):
                 try:
                     os.unlink(entry.path)
                     removed += 1

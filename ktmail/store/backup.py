@@ -24,7 +24,6 @@ or be empty, so a backup never mixes with an older one; every file and
 directory is created private (0700/0600).
 """
 
-import fcntl
 import os
 import shutil
 import sqlite3
@@ -32,6 +31,7 @@ import sqlite3
 import attrs
 
 from ktmail import errors
+from ktmail.store.files import ExclusiveFlock
 from ktmail.store.folder_index import INDEX_FILENAME, LOCK_FILENAME
 from ktmail.store.maildir import DELETED_PREFIX
 
@@ -138,19 +138,6 @@ def _copy_message(path, target, rel, summary, copied):
     return True
 
 
-class _Flock:
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
-
-
 @attrs.define
 class DataBackup:
     """``DataBackup(data_dir, database_config).run(dest, now)`` ->
@@ -214,7 +201,7 @@ class DataBackup:
         """
         copied = set()   # (folder, base name) of the message files copied
         try:
-            with _Flock(os.path.join(path, LOCK_FILENAME)):
+            with ExclusiveFlock(os.path.join(path, LOCK_FILENAME)):
                 _private_dir(target)
                 index = os.path.join(path, INDEX_FILENAME)
                 if self.sqlite_indexes and os.path.exists(index):
@@ -227,7 +214,7 @@ class DataBackup:
                     _copy_file(os.path.join(path, rel), os.path.join(target, rel))
             for rel in files:
                 self._message(path, target, rel, summary, copied)
-            with _Flock(os.path.join(path, LOCK_FILENAME)):
+            with ExclusiveFlock(os.path.join(path, LOCK_FILENAME)):
                 folders, files, _small = self._listing(path)
                 for folder in folders:
                     for sub in ("cur", "new", "tmp"):
@@ -278,7 +265,7 @@ class DataBackup:
         root = os.path.join(self.data_dir, "queue")
         if not os.path.isdir(root):
             return 0
-        with _Flock(os.path.join(root, QUEUE_LOCK)):
+        with ExclusiveFlock(os.path.join(root, QUEUE_LOCK)):
             return self._tree(root, os.path.join(dest, "queue"),
                               skip=lambda name: name.startswith("."))
 

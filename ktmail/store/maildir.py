@@ -40,8 +40,8 @@ Invariants:
 
 import collections
 import errno
-import operator
 import itertools
+import operator
 import os
 import re
 import secrets
@@ -79,6 +79,7 @@ from ktmail.model import (
 )
 from ktmail.store import IMailStore
 from ktmail.store import folder_index as index
+from ktmail.store.files import fsync_dir, pid_alive
 from ktmail.store.folder_names import folder_dirname, folder_name_from_dirname
 from ktmail.store.message_flags import check_flags
 
@@ -170,14 +171,6 @@ def _size_from_name(filename):
 # --- low-level file operations ---------------------------------------------------------
 
 
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish(src, dst):
     """Make a message visible: one atomic rename (tests replace this to
     simulate a crash at that point)."""
@@ -247,16 +240,6 @@ def _copy_file(src, dst):
         os.fsync(fout.fileno())
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_stale_tmp_name(name, mtime, now, host):
     """Is a ``tmp/`` (or spool) file garbage? Older than 36 hours (Maildir
     rule), or written by an earlier process of this host that is gone."""
@@ -265,7 +248,7 @@ def is_stale_tmp_name(name, mtime, now, host):
     m = _OUR_NAME.match(name)
     if m and m.group(2) == host:
         pid = int(m.group(1))
-        return pid != os.getpid() and not _pid_alive(pid)
+        return pid != os.getpid() and not pid_alive(pid)
     return False
 
 

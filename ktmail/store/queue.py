@@ -43,6 +43,7 @@ from zope.interface import implementer
 from ktmail import errors
 from ktmail.model import QueuedRecipient, QueueEntry
 from ktmail.store import IQueueStore
+from ktmail.store.files import ExclusiveFlock, fsync_dir
 
 ENTRY_ID = re.compile(r"[a-z0-9-]{1,64}\Z")
 FORMAT_VERSION = 1
@@ -87,14 +88,6 @@ def _unlink_quietly(path):
         pass
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durably(path, data):
     """Write ``data`` to ``path`` + '.tmp', fsync, rename over ``path``.
     The caller fsyncs the directory."""
@@ -122,22 +115,6 @@ class _Claim:
         return self._store._run(self._store._release, self)
 
 
-class _Locked:
-    """An exclusive ``flock`` on the queue's lock file. Each use opens the
-    file anew, so that threads of one process exclude each other too."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)  # releases the lock
-
-
 @implementer(IQueueStore)
 class DiskQueueStore:
     def __init__(self, data_dir, run_in_thread):
@@ -162,14 +139,14 @@ class DiskQueueStore:
 
     def _add(self, entry, write_message):
         json_path, msg_path = self._paths(entry.id)
-        with _Locked(self._lock_path):
+        with ExclusiveFlock(self._lock_path):
             if os.path.exists(json_path):
                 raise errors.AlreadyExists(f"Message '{entry.id}' is already queued.")
             if os.path.exists(msg_path):
                 os.unlink(msg_path)  # left by an add that crashed
             write_message(msg_path)
             _write_durably(json_path, entry_to_json(entry))
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
 
     def _add_file(self, entry, source):
         def write_message(msg_path):
@@ -221,7 +198,7 @@ class DiskQueueStore:
 
     def _update(self, entry_id, change):
         json_path, _ = self._paths(entry_id)
-        with _Locked(self._lock_path):
+        with ExclusiveFlock(self._lock_path):
             try:
                 entry = self._read(entry_id)
             except errors.NotFound:
@@ -229,12 +206,12 @@ class DiskQueueStore:
             new = change(entry)
             if new != entry:
                 _write_durably(json_path, entry_to_json(new))
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             return new
 
     def _remove(self, entry_id):
         json_path, msg_path = self._paths(entry_id)
-        with _Locked(self._lock_path):
+        with ExclusiveFlock(self._lock_path):
             try:
                 os.unlink(json_path)
             except FileNotFoundError:
@@ -244,7 +221,7 @@ class DiskQueueStore:
             except FileNotFoundError:
                 pass
             _unlink_quietly(json_path[:-len(".json")] + ".lock")
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
 
     def _claim(self, entry_id):
         json_path, _ = self._paths(entry_id)
@@ -278,7 +255,7 @@ class DiskQueueStore:
 
     def _notify(self):
         # a new file (inode) holding a counter: differs even within one mtime tick
-        with _Locked(self._lock_path):
+        with ExclusiveFlock(self._lock_path):
             try:
                 with open(self._wakeup_path, "rb") as f:
                     count = int(f.read() or b"0")
@@ -295,7 +272,7 @@ class DiskQueueStore:
 
     def _recover(self):
         cleaned = 0
-        with _Locked(self._lock_path):
+        with ExclusiveFlock(self._lock_path):
             names = set(os.listdir(self.root))
             for name in names:
                 path = os.path.join(self.root, name)
@@ -306,7 +283,7 @@ class DiskQueueStore:
                     os.unlink(path)
                     cleaned += 1
             if cleaned:
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
         return cleaned
 
     # -- IQueueStore ----------------------------------------------------------

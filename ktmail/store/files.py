@@ -1,0 +1,44 @@
+"""Small file-system primitives the Maildir store, the outbound queue, the
+backup and the delivery spool share."""
+
+import fcntl
+import os
+
+
+def fsync_dir(path):
+    """Make the directory entries of ``path`` (new, renamed, removed files)
+    durable: a file's own fsync does not cover its name."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid):
+    """Does a process ``pid`` exist on this host (perhaps another user's)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ExclusiveFlock:
+    """``with ExclusiveFlock(path):`` holds an exclusive ``flock`` on ``path``
+    (created 0600 if missing). Each use opens the file anew, so that threads
+    of one process exclude each other too; closing releases the lock, also
+    when the process dies."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
