@@ -11,7 +11,12 @@ from ktmail import cli
 from ktmail.config import DEFAULT_DOMAINS, Limits
 from ktmail.model import SPAM_FOLDER, Address
 from ktmail.services.accounts import AccountService
-from ktmail.services.retention import DAY, InactivityJob, InactivityPolicy, SpamExpiryJob
+from ktmail.services.retention import (
+    DAY,
+    InactivityJob,
+    InactivityPolicy,
+    SpamExpiryJob,
+)
 from ktmail.store.memory import MemoryStore
 from tests.services.fakes import RecordingMailStore, fast_hasher
 from tests.services.test_retention import FakeFolders

@@ -11,7 +11,6 @@ from ktmail.model import Address
 from ktmail.services import deferred
 from ktmail.services.delivery import Envelope
 from ktmail.tap import _MailHousekeeping, build_core
-
 from tests.services.test_mailboxes import Session
 
 CONFIG = """\

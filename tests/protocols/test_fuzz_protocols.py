@@ -60,7 +60,7 @@ IMAP_COMMANDS = [
     b"a FETCH 4294967296 FLAGS", b"a FETCH *:1 (BODY[1.2.3.MIME])", b"a SELECT &Jjo-",
     b"a SEARCH 1,2,3:5,* NOT (OR SEEN FLAGGED)", b"* NOOP", b"", b"a",
     b"a COMPRESS DEFLATE", b"x\x9c\xcbH\xcd\xc9\xc9\x07\x00", b"a APPEND INBOX {3}",
-    b"a APPEND INBOX (\Seen) {3+}", b"abc (\Flagged) {3+}", b"a APPEND INBOX ~{4+}",
+    rb"a APPEND INBOX (\Seen) {3+}", rb"abc (\Flagged) {3+}", b"a APPEND INBOX ~{4+}",
     b"a FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1])", b"a UID SORT (DATE) UTF-8 ALL",
     b"a SELECT INBOX (CONDSTORE)", b"a FETCH 1:* (FLAGS) (CHANGEDSINCE 1)",
     b"a ENABLE QRESYNC", b"a SELECT INBOX (QRESYNC (1 1))",

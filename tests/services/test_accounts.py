@@ -7,7 +7,6 @@ from ktmail import errors
 from ktmail.config import DEFAULT_DOMAINS, Limits
 from ktmail.services.accounts import AccountService
 from ktmail.store.memory import MemoryStore
-
 from tests.services.fakes import RecordingMailStore, fast_hasher
 
 PW = "correct horse 7"

@@ -5,11 +5,15 @@ from twisted.trial import unittest
 
 from ktmail import errors
 from ktmail.model import Address
-from ktmail.services.auth import (AuthService, LoginThrottle, ThrottlePolicy, _verify,
-                                  client_key)
+from ktmail.services.auth import (
+    AuthService,
+    LoginThrottle,
+    ThrottlePolicy,
+    _verify,
+    client_key,
+)
 from ktmail.services.ratelimit import Window
 from ktmail.store.memory import MemoryStore
-
 from tests.services.fakes import fast_hasher
 
 PW = "correct horse 7"

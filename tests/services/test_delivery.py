@@ -17,7 +17,6 @@ from ktmail.store import maildir
 from ktmail.store.maildir import MaildirStore
 from ktmail.store.memory import MemoryMailStore, MemoryStore
 from ktmail.store.sqlite import InlineRunner
-
 from tests.services.fakes import GTUBE, GtubeSpamFilter, inline
 from tests.services.test_mailboxes import Session
 

@@ -9,10 +9,13 @@ from twisted.trial import unittest
 from ktmail.config import DEFAULT_DOMAINS, Limits
 from ktmail.model import Address, Mailbox
 from ktmail.services.accounts import AccountService
-from ktmail.services.retention import (DAY, InactivityJob, InactivityPolicy,
-                                       inactivity_actions)
+from ktmail.services.retention import (
+    DAY,
+    InactivityJob,
+    InactivityPolicy,
+    inactivity_actions,
+)
 from ktmail.store.memory import MemoryStore
-
 from tests.services.fakes import RecordingMailStore, fast_hasher
 
 PW = "correct horse 7"

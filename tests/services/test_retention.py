@@ -16,7 +16,6 @@ from ktmail.services.retention import (
 )
 from ktmail.store.memory import MemoryStore
 
-
 Saved = collections.namedtuple("Saved", "uid saved_at")
 
 
