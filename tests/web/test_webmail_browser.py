@@ -241,6 +241,9 @@ class WebmailInChromiumTests(DaemonTestCase):
         expect(page.locator("tr.msg", has_text="Din faktura")).to_have_count(1)
 
         # the hourly limit: 1 used, 2 left
+        # ktmail.js binds its keys at DOMContentLoaded, after the rows can
+        # already be seen
+        page.wait_for_load_state("domcontentloaded")
         page.keyboard.press("c")                                  # c: write
         expect(page.get_by_role("heading", level=1)).to_have_text("Skriv ett meddelande")
         page.get_by_label("Till", exact=True).fill(
