@@ -14,6 +14,7 @@ from ktmail.errors import ValidationError
 from ktmail.model import Address, Mailbox
 from ktmail.services.spam import SpamFilter, parse_file
 from ktmail.services.spam.bayes import (
+    MAX_TOKENS,
     MIN_HAM,
     MIN_SPAM,
     BayesStats,
@@ -275,6 +276,43 @@ class LearningTests(FilterTestCase):
         self.assertGreater(spam_probability(spammy), 0.99)
         self.assertLess(spam_probability(hammy), 0.01)
         self.assertIsNone(spam_probability(BayesStats(nspam=1, nham=100)))
+
+
+class TokenizerTests(unittest.TestCase):
+    """What the Bayes tokenizer makes of a message's subject and text."""
+
+    # (subject, body, tokens that must be there, tokens that must not)
+    CASES = [
+        ("Hello", "Click here now to claim your prize.",
+         {"click", "here", "now", "claim", "your", "prize",
+          "bi:click here", "bi:here now", "bi:now claim", "bi:your prize"},
+         {"bi:claim prize", "bi:prize click"}),
+        # pairs are of neighbouring kept words: short words are skipped, long
+        # words, addresses and URLs break the chain
+        ("Hello", "buy it now extraordinarily cheap http://example.org/x pills",
+         {"buy", "bi:buy now", "skip:e 10", "cheap", "pills"},
+         {"bi:now cheap", "bi:now skip:e 10", "bi:cheap pills"}),
+        ("Hello", "Write to someone.long@example.org today please",
+         {"email:example.org", "today", "bi:today please"}, {"bi:write today"}),
+        # punctuation is stripped, case folded, as for single words
+        ("Hello", "FREE, money!", {"free", "money", "bi:free money"}, {"FREE"}),
+    ]
+
+    def tokens(self, subject, body):
+        raw = variant(set_headers=[("Subject", subject)], body=body)
+        return tokenize(parse_bytes(raw))
+
+    def test_table(self):
+        for subject, body, present, absent in self.CASES:
+            tokens = self.tokens(subject, body)
+            with self.subTest(body=body):
+                self.assertEqual(present - tokens, set())
+                self.assertEqual(absent & tokens, set())
+
+    def test_bounded(self):
+        """However long the text, at most MAX_TOKENS distinct tokens."""
+        body = " ".join(f"w{i:06d}" for i in range(20_000))
+        self.assertEqual(len(self.tokens("Hello", body)), MAX_TOKENS)
 
 
 class BoundedReadingTests(unittest.TestCase):
