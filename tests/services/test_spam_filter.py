@@ -296,6 +296,16 @@ class TokenizerTests(unittest.TestCase):
          {"email:example.org", "today", "bi:today please"}, {"bi:write today"}),
         # punctuation is stripped, case folded, as for single words
         ("Hello", "FREE, money!", {"free", "money", "bi:free money"}, {"FREE"}),
+        # Chinese and Japanese have no spaces between words: pairs of
+        # neighbouring characters, not one long "skip" token
+        ("Hello", "特價墨水匣批發電子報今天開始優惠活動",
+         {"特價", "價墨", "活動"}, {"skip:特 10", "特價墨"}),
+        ("墨水匣批發", "Bargain price:特價500元 only",
+         {"subject:墨水", "subject:批發", "特價", "price", "500", "元", "only"},
+         {"price:特價500元", "subject:墨水匣批發"}),
+        ("出会いの広場", "Hello", {"subject:出会", "subject:の広"}, {"subject:出会いの広場"}),
+        # Hangul words are short: a two-syllable word is still a token
+        ("Hello", "무료 상담", {"무료", "상담"}, set()),
     ]
 
     def tokens(self, subject, body):

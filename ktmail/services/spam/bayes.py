@@ -41,6 +41,8 @@ _IGNORED_HEADERS = frozenset({
     "authentication-results", "return-path", "received", "delivered-to", "x-original-to",
     "status", "x-status", "x-keywords", "x-uid", "content-length", "lines", "x-ktmail-spam"})
 _TEXT_WORD = re.compile(r"\S+")
+#: scripts written without spaces between words (Han, kana) and Hangul
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
 _STRIP = "\"'()[]{}<>,.;:!?*`"
 
 
@@ -56,6 +58,17 @@ def _words(text, prefix="", pairs=False):
     cannot ("click here" vs "here" and "click" in a thread about a UI)."""
     previous = None
     for raw in _TEXT_WORD.findall(text):
+        if not raw.isascii() and _CJK.search(raw):
+            # no spaces between the words: each two neighbouring characters
+            # are a token (as Lucene's CJK analyzer does), the rest as usual
+            previous = None
+            for run in _CJK.findall(raw):
+                if len(run) == 1:
+                    yield prefix + run
+                for i in range(len(run) - 1):
+                    yield prefix + run[i:i + 2]
+            yield from _words(_CJK.sub(" ", raw), prefix)
+            continue
         word = raw.strip(_STRIP).lower()
         n = len(word)
         if n < 3:
