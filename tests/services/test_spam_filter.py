@@ -294,6 +294,9 @@ class TokenizerTests(unittest.TestCase):
          {"bi:now cheap", "bi:now skip:e 10", "bi:cheap pills"}),
         ("Hello", "Write to someone.long@example.org today please",
          {"email:example.org", "today", "bi:today please"}, {"bi:write today"}),
+        ("Cheap meds, no prescription", "Hello",
+         {"subject:cheap", "subject:bi:cheap meds", "subject:bi:meds prescription"},
+         {"bi:cheap meds", "subject:bi:hello"}),
         # punctuation is stripped, case folded, as for single words
         ("Hello", "FREE, money!", {"free", "money", "bi:free money"}, {"FREE"}),
         # Chinese and Japanese have no spaces between words: pairs of

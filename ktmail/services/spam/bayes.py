@@ -99,7 +99,7 @@ def tokenize(message):
     facts = Facts(message)
     tokens = set()
     add = tokens.add
-    for word in _words(facts.subject, "subject:"):
+    for word in _words(facts.subject, "subject:", pairs=True):
         add(word)
     for name, value in message.headers[:100]:
         if name in _IGNORED_HEADERS or name.startswith("x-spam"):
