@@ -311,6 +311,17 @@ class TokenizerTests(unittest.TestCase):
         ("Hello", "무료 상담", {"무료", "상담"}, set()),
     ]
 
+    def test_html_alternative(self):
+        """The HTML of a multipart/alternative is read even when it has a
+        plain text part (which may say something else)."""
+        body = ("--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nNothing to see\r\n"
+                "--B\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+                "<html><body><p>Cheap <b>pills</b> online</p></body></html>\r\n--B--\r\n")
+        raw = variant(body=body, content_type='multipart/alternative; boundary="B"')
+        tokens = tokenize(parse_bytes(raw))
+        self.assertEqual({"nothing", "see", "cheap", "pills", "online", "bi:cheap pills"}
+                         - tokens, set())
+
     def tokens(self, subject, body):
         raw = variant(set_headers=[("Subject", subject)], body=body)
         return tokenize(parse_bytes(raw))

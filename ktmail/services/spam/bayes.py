@@ -149,7 +149,12 @@ def tokenize(message):
         if h.hidden_text:
             for word in _words(h.hidden_text[:5000], "hidden:"):
                 add(word)
-    for word in _words(facts.text[:100_000], pairs=True):
+    text = facts.text[:100_000]
+    if message.text.strip() and message.html:
+        # the HTML of a multipart/alternative is what most readers see, and
+        # may say what its plain text does not
+        text += "\n" + "\n".join(h.visible_text for h in message.html)[:50_000]
+    for word in _words(text, pairs=True):
         add(word)
         if len(tokens) >= MAX_TOKENS:
             break
