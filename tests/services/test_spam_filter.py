@@ -282,7 +282,7 @@ class TokenizerTests(unittest.TestCase):
     """What the Bayes tokenizer makes of a message's subject and text."""
 
     # (subject, body, tokens that must be there, tokens that must not)
-    CASES = [
+    CASES = (
         ("Hello", "Click here now to claim your prize.",
          {"click", "here", "now", "claim", "your", "prize",
           "bi:click here", "bi:here now", "bi:now claim", "bi:your prize"},
@@ -296,7 +296,7 @@ class TokenizerTests(unittest.TestCase):
          {"email:example.org", "today", "bi:today please"}, {"bi:write today"}),
         ("Cheap meds, no prescription", "Hello",
          {"subject:cheap", "subject:bi:cheap meds", "subject:bi:meds prescription"},
-         {"bi:cheap meds", "subject:bi:hello"}),
+         {"bi:cheap meds", "subject:bi:no prescription"}),
         # punctuation is stripped, case folded, as for single words
         ("Hello", "FREE, money!", {"free", "money", "bi:free money"}, {"FREE"}),
         # Chinese and Japanese have no spaces between words: pairs of
@@ -309,7 +309,7 @@ class TokenizerTests(unittest.TestCase):
         ("出会いの広場", "Hello", {"subject:出会", "subject:の広"}, {"subject:出会いの広場"}),
         # Hangul words are short: a two-syllable word is still a token
         ("Hello", "무료 상담", {"무료", "상담"}, set()),
-    ]
+    )
 
     def test_html_alternative(self):
         """The HTML of a multipart/alternative is read even when it has a
