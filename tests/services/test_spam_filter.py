@@ -14,6 +14,7 @@ from ktmail.errors import ValidationError
 from ktmail.model import Address, Mailbox
 from ktmail.services.spam import SpamFilter, parse_file
 from ktmail.services.spam.bayes import (
+    MAX_TOKENS,
     MIN_HAM,
     MIN_SPAM,
     BayesStats,
@@ -275,6 +276,67 @@ class LearningTests(FilterTestCase):
         self.assertGreater(spam_probability(spammy), 0.99)
         self.assertLess(spam_probability(hammy), 0.01)
         self.assertIsNone(spam_probability(BayesStats(nspam=1, nham=100)))
+
+
+class TokenizerTests(unittest.TestCase):
+    """What the Bayes tokenizer makes of a message's subject and text."""
+
+    # (subject, body, tokens that must be there, tokens that must not)
+    CASES = (
+        ("Hello", "Click here now to claim your prize.",
+         {"click", "here", "now", "claim", "your", "prize",
+          "bi:click here", "bi:here now", "bi:now claim", "bi:your prize"},
+         {"bi:claim prize", "bi:prize click"}),
+        # pairs are of neighbouring kept words: short words are skipped, long
+        # words, addresses and URLs break the chain
+        ("Hello", "buy it now extraordinarily cheap http://example.org/x pills",
+         {"buy", "bi:buy now", "skip:e 10", "cheap", "pills"},
+         {"bi:now cheap", "bi:now skip:e 10", "bi:cheap pills"}),
+        ("Hello", "Write to someone.long@example.org today please",
+         {"email:example.org", "today", "bi:today please"}, {"bi:write today"}),
+        ("Cheap meds, no prescription", "Hello",
+         {"subject:cheap", "subject:bi:cheap meds", "subject:bi:meds prescription"},
+         {"bi:cheap meds", "subject:bi:no prescription"}),
+        # punctuation is stripped, case folded, as for single words
+        ("Hello", "FREE, money!", {"free", "money", "bi:free money"}, {"FREE"}),
+        # Chinese and Japanese have no spaces between words: pairs of
+        # neighbouring characters, not one long "skip" token
+        ("Hello", "特價墨水匣批發電子報今天開始優惠活動",
+         {"特價", "價墨", "活動"}, {"skip:特 10", "特價墨"}),
+        ("墨水匣批發", "Bargain price:特價500元 only",
+         {"subject:墨水", "subject:批發", "特價", "price", "500", "元", "only"},
+         {"price:特價500元", "subject:墨水匣批發"}),
+        ("出会いの広場", "Hello", {"subject:出会", "subject:の広"}, {"subject:出会いの広場"}),
+        # Hangul words are short: a two-syllable word is still a token
+        ("Hello", "무료 상담", {"무료", "상담"}, set()),
+    )
+
+    def test_html_alternative(self):
+        """The HTML of a multipart/alternative is read even when it has a
+        plain text part (which may say something else)."""
+        body = ("--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nNothing to see\r\n"
+                "--B\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+                "<html><body><p>Cheap <b>pills</b> online</p></body></html>\r\n--B--\r\n")
+        raw = variant(body=body, content_type='multipart/alternative; boundary="B"')
+        tokens = tokenize(parse_bytes(raw))
+        self.assertEqual({"nothing", "see", "cheap", "pills", "online", "bi:cheap pills"}
+                         - tokens, set())
+
+    def tokens(self, subject, body):
+        raw = variant(set_headers=[("Subject", subject)], body=body)
+        return tokenize(parse_bytes(raw))
+
+    def test_table(self):
+        for subject, body, present, absent in self.CASES:
+            tokens = self.tokens(subject, body)
+            with self.subTest(body=body):
+                self.assertEqual(present - tokens, set())
+                self.assertEqual(absent & tokens, set())
+
+    def test_bounded(self):
+        """However long the text, at most MAX_TOKENS distinct tokens."""
+        body = " ".join(f"w{i:06d}" for i in range(20_000))
+        self.assertEqual(len(self.tokens("Hello", body)), MAX_TOKENS)
 
 
 class BoundedReadingTests(unittest.TestCase):
