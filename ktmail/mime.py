@@ -1254,6 +1254,57 @@ class HeaderSectionCheck:
             self.problem = HEADER_TOO_BIG
 
 
+class HeaderFieldDropper:
+    """Streams a message through and leaves out of its header section every
+    field whose name starts with one of ``prefixes`` (lower-case bytes, e.g.
+    ``b"x-spam-"``), with its continuation lines. ``feed(data)`` returns the
+    bytes to keep; ``finish()`` those still held at the end of the message.
+    Holds at most the current header line (the caller bounds line length);
+    from the line that ends the header section on, everything passes."""
+
+    def __init__(self, prefixes):
+        self.prefixes = tuple(prefixes)
+        self.done = False
+        self.dropped = 0              # fields left out
+        self._line = bytearray()      # the current header line, not yet complete
+        self._dropping = False        # inside a field being left out
+
+    def feed(self, data):
+        if self.done:
+            return data
+        out = bytearray()
+        pos = 0
+        while pos < len(data) and not self.done:
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                self._line += data[pos:]
+                return bytes(out)
+            self._line += data[pos:newline + 1]
+            pos = newline + 1
+            out += self._decide(bytes(self._line))
+            self._line.clear()
+        out += data[pos:]
+        return bytes(out)
+
+    def finish(self):
+        """The held start of a last line (a message without a body)."""
+        line, self._line = bytes(self._line), bytearray()
+        return self._decide(line) if line and not self.done else line
+
+    def _decide(self, line):
+        if line[:1] in (b" ", b"\t"):
+            return b"" if self._dropping else line     # a continuation line
+        field = _FIELD_NAME.match(line)
+        if field is None:
+            self.done = True          # the empty line, or the body has begun
+            return line
+        self._dropping = field.group(1).lower().startswith(self.prefixes)
+        if self._dropping:
+            self.dropped += 1
+            return b""
+        return line
+
+
 def header_section_problem(source, limits):
     """The HeaderSectionCheck problem of a whole message (a path or a binary
     file object, read from its current position and put back), or None.

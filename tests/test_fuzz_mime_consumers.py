@@ -95,6 +95,26 @@ class IMAPStructure(unittest.TestCase):
                 fetch.filter_header(data[start:end], [b"SUBJECT"], False)
 
 
+class HeaderFieldDropperFuzz(unittest.TestCase):
+    @FUZZ
+    @given(messages, st.lists(st.integers(1, 3000), max_size=8))
+    def test_same_bytes_however_cut_and_body_untouched(self, data, cuts):
+        """Fed whole or in pieces, the dropper keeps the same bytes: the
+        input with some of its lines left out, none changed."""
+        def run(pieces):
+            dropper = mime.HeaderFieldDropper([b"x-spam-"])
+            return b"".join([*map(dropper.feed, pieces), dropper.finish()]), dropper
+        whole, dropper = run([data])
+        bounds = sorted({c % (len(data) + 1) for c in cuts})
+        pieces = [data[a:b] for a, b in zip([0, *bounds], [*bounds, len(data)], strict=True)]
+        self.assertEqual(run(pieces)[0], whole)
+        if dropper.dropped == 0:
+            self.assertEqual(whole, data)
+        kept = iter(data.splitlines(keepends=True))
+        for line in whole.splitlines(keepends=True):   # a subsequence of the lines
+            self.assertIn(line, kept)
+
+
 class HeaderSectionCheckFuzz(unittest.TestCase):
     @FUZZ
     @given(messages, st.lists(st.integers(1, 3000), max_size=8),

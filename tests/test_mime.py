@@ -580,3 +580,50 @@ class NeverRaisesTests(unittest.TestCase):
     def test_base64_padding_garbage(self):
         """Odd base64 lengths decode what they can."""
         self.assertEqual(mime.decode_body(base64.b64encode(b"hello")[:-1], "base64")[:3], b"hel")
+
+
+class HeaderFieldDropperTests(unittest.TestCase):
+    CASES = (
+        # (message, kept)
+        (b"X-Spam-Status: No\r\nSubject: hi\r\n\r\nbody\r\n",
+         b"Subject: hi\r\n\r\nbody\r\n"),
+        # any case, continuation lines go with their field
+        (b"From: a@b\r\nx-spam-flag: NO\r\n\tstill it\r\n more\r\nTo: c@d\r\n\r\nb\r\n",
+         b"From: a@b\r\nTo: c@d\r\n\r\nb\r\n"),
+        # obsolete syntax: white space before the colon
+        (b"X-SPAM-Score \t: 0\r\nA: 1\r\n\r\n", b"A: 1\r\n\r\n"),
+        # other fields of that look are kept
+        (b"X-Spammy: 1\r\nX-Spam: 2\r\n\r\n", b"X-Spammy: 1\r\nX-Spam: 2\r\n\r\n"),
+        # the body is never touched
+        (b"A: 1\r\n\r\nX-Spam-Status: No\r\n", b"A: 1\r\n\r\nX-Spam-Status: No\r\n"),
+        # a line that is not a field ends the header section
+        (b"A: 1\r\nnot a field\r\nX-Spam-Flag: NO\r\n",
+         b"A: 1\r\nnot a field\r\nX-Spam-Flag: NO\r\n"),
+        # no body, no final CRLF
+        (b"A: 1\r\nX-Spam-Flag: NO", b"A: 1\r\n"),
+        (b"X-Spam-Flag: NO\r\n", b""),
+        (b"", b""),
+    )
+
+    def run_pieces(self, data, cuts):
+        dropper = mime.HeaderFieldDropper([b"x-spam-"])
+        out, start = [], 0
+        for cut in [*cuts, len(data)]:
+            out.append(dropper.feed(data[start:cut]))
+            start = cut
+        out.append(dropper.finish())
+        return b"".join(out)
+
+    def test_table(self):
+        for data, kept in self.CASES:
+            with self.subTest(data=data):
+                self.assertEqual(self.run_pieces(data, []), kept)
+
+    def test_cut_anywhere(self):
+        """The same bytes come out however the message arrives in pieces."""
+        for data, kept in self.CASES:
+            for i in range(len(data) + 1):
+                with self.subTest(data=data, cut=i):
+                    self.assertEqual(self.run_pieces(data, [i]), kept)
+            with self.subTest(data=data, bytewise=True):
+                self.assertEqual(self.run_pieces(data, range(1, len(data))), kept)

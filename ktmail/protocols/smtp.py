@@ -55,6 +55,7 @@ from ktmail import errors
 from ktmail.mime import (
     HEADER_TOO_BIG,
     TOO_MANY_FIELDS,
+    HeaderFieldDropper,
     HeaderLimits,
     HeaderSectionCheck,
 )
@@ -387,11 +388,13 @@ class MessageWriter:
     (Received:, and Message-ID:/Date: on submission); ``header_bytes`` is
     the start of the message as sent, at most HEADER_CAPTURE bytes."""
 
-    def __init__(self, spool, max_bytes, make_prefix, header_limits=None):
+    def __init__(self, spool, max_bytes, make_prefix, header_limits=None, drop_fields=()):
         self.spool = spool
         self.max_bytes = max_bytes
         self.make_prefix = make_prefix
         self._header_check = HeaderSectionCheck(header_limits or HeaderLimits())
+        #: header fields (name prefixes) left out of the stored message
+        self._dropper = HeaderFieldDropper(drop_fields) if drop_fields else None
         #: message bytes received (stored or not)
         self.size = 0
         self.problem = None
@@ -416,6 +419,11 @@ class MessageWriter:
             problem = self._header_check.feed(data)
             if problem is not None:
                 return self._refuse(problem)
+        if self._dropper is not None:
+            data = self._dropper.feed(data)
+        self._store(data)
+
+    def _store(self, data):
         if self._head_done:
             self.spool.write(data)
         else:
@@ -425,6 +433,8 @@ class MessageWriter:
         """The message ended; flush what is held. -> problem or None."""
         if self.problem is None and self._prev_cr:
             self._refuse(BARE_NEWLINE)
+        if self.problem is None and self._dropper is not None:
+            self._store(self._dropper.finish())
         if self.problem is None and not self._head_done:
             self._flush_head()
         return self.problem
@@ -547,6 +557,8 @@ class SMTPServer(smtp.ESMTP):
     #: commands this listener knows (do_<VERB>)
     commands = frozenset({"EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP",
                           "QUIT", "VRFY", "HELP"})
+    #: header field name prefixes (lower case) left out of received messages
+    drop_fields = ()
 
     def __init__(self, factory):
         smtp.ESMTP.__init__(self, chal={}, contextFactory=factory.tls_context)
@@ -908,7 +920,7 @@ class SMTPServer(smtp.ESMTP):
             return to_smtp_reply(e, "data")
         txn.writer = MessageWriter(spool, self.factory.max_message_bytes,
                                    lambda header_bytes: self._prefix(txn, header_bytes),
-                                   self.factory.header_limits)
+                                   self.factory.header_limits, self.drop_fields)
         return None
 
     def _prefix(self, txn, header_bytes):
@@ -1115,6 +1127,10 @@ class InboundSMTP(SMTPServer):
 
     listener = "smtp"
     commands = SMTPServer.commands | {"STARTTLS"}
+    # the spam verdict's own fields: a sender's are left out, so that no
+    # filter or reader takes a forged "X-Spam-Status: No" for ours (as
+    # SpamAssassin and amavis remove them)
+    drop_fields = (b"x-spam-",)
 
     def extensions(self):
         ext = super().extensions() + ["SMTPUTF8"]

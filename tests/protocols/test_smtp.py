@@ -296,6 +296,18 @@ class Data(MXTestCase):
         self.assertTrue(delivered.scan_spam)
         self.assertTrue(self.delivery.spools[0].discarded)
 
+    def test_senders_spam_fields_are_left_out(self):
+        """X-Spam-* fields the sender wrote never reach the mailbox (the
+        delivery puts the verdict's own on top); the body is untouched."""
+        s = self.greeted()
+        forged = ("From: friend@example.org\r\nX-Spam-Status: No, score=-5.0\r\n"
+                  "\ttests=ALL_TRUSTED\r\nX-Spam-Flag: NO\r\nSubject: hi\r\n\r\n"
+                  "X-Spam-Flag: in the body\r\n")
+        s.message("friend@example.org", ["alice@brev.fi"], forged).expect("250 2.0.0")
+        stored = self.delivery.delivered[0].message
+        self.assertTrue(stored.endswith(b"\r\nFrom: friend@example.org\r\nSubject: hi\r\n"
+                                        b"\r\nX-Spam-Flag: in the body\r\n"), stored)
+
     def test_received_header(self):
         """Received: follows RFC 5321 §4.4: from HELO ([ip]), by host, with
         ESMTP, id, for <rcpt> with one recipient, and the date."""

@@ -350,6 +350,14 @@ class Delivery(SubmissionTestCase):
         s.send("MAIL FROM:<alice@brev.fi>").expect("250")
         s.send("RCPT TO:<x@[192.0.2.1]>").expect("553 5.1.3")
 
+    def test_header_fields_are_kept_as_written(self):
+        """Submission stores the message as written, X-Spam-* fields too
+        (only the MX leaves a sender's out: no spam verdict is made here)."""
+        s = self.logged_in()
+        s.message("alice@brev.fi", ["bob@pikaposti.fi"],
+                  message(extra="X-Spam-Flag: NO\r\n")).expect("250 2.0.0")
+        self.assertIn(b"\r\nX-Spam-Flag: NO\r\n", self.delivered[0].message)
+
     def test_message_id_and_date_added_when_missing(self):
         """A message without Message-ID: and Date: gets both, right after
         Received:; a message with them is left alone."""
