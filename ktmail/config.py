@@ -381,6 +381,8 @@ def _database(text):
 def _path(text):
     if not text.strip():
         raise ValidationError("must not be empty")
+    if "\0" in text:
+        raise ValidationError("a path cannot contain a NUL character")
     return text.strip()
 
 
@@ -504,6 +506,8 @@ def parse_config(text, path="ktmail.ini"):
     needs_tls = [name for name, desc in listen.items()
                  if (desc and _needs_default_tls(desc)) or (name == "smtp" and desc)]
     for name, raw in (("tls_cert", cert), ("tls_key", key)):
+        if ("ktmail", name) not in values:
+            continue          # a bad value: its problem is told already
         if raw is None:
             if needs_tls:
                 problems.append(f"ktmail.{name}: missing (required by listen."

@@ -286,6 +286,17 @@ class ConfigFuzzTests(unittest.TestCase):
             self.assertTrue(config.hostname)
             self.assertNotIn("secret", repr(config))
 
+    def test_regression_nul_in_a_path(self):
+        """Found by the fuzzer: a NUL character in tls_cert reached open()
+        (ValueError) instead of becoming a problem line."""
+        text = SPEC_EXAMPLE.replace("tls_cert = certs/server.pem",
+                                    "tls_cert = certs/ser\x00ver.pem")
+        self.assertNotEqual(text, SPEC_EXAMPLE)
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(text, self.path)
+        self.assertEqual(["ktmail.tls_cert: a path cannot contain a NUL character"],
+                         [p for p in caught.exception.problems if "tls_cert" in p])
+
     @settings(max_examples=200, deadline=None)
     @given(st.text(max_size=400))
     def test_random_text(self, text):
