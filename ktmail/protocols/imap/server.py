@@ -477,15 +477,15 @@ class IMAPServer(imap4.IMAP4Server):
         differences from IMAP4rev1, these are served: NAMESPACE, UNSELECT,
         UIDPLUS, ESEARCH, SEARCHRES, ENABLE, IDLE, SASL-IR, LIST-EXTENDED,
         LIST-STATUS, MOVE, LITERAL+ (a superset of LITERAL-), BINARY,
-        SPECIAL-USE, STATUS=SIZE, the RFC 5530 response codes, UID EXPUNGE,
-        APPENDUID/COPYUID, CHILDREN attributes, [CLOSED] (after ENABLE
-        QRESYNC). What remains is the behaviour switched on by ``ENABLE
-        IMAP4rev2``: SEARCH answered only with ESEARCH; no RECENT response,
-        \\Recent flag, NEW/OLD/RECENT keys or [UNSEEN n] at SELECT; the
-        LIST response of the folder in SELECT/EXAMINE; [CLOSED] always;
-        UTF-8 mailbox names instead of modified UTF-7; the STATUS DELETED
-        item; LIST's OLDNAME after RENAME; and RFC 9051 §6.2.1 STARTTLS,
-        which SPEC §2's implicit-TLS-only listeners do not offer.
+        SPECIAL-USE, STATUS=SIZE, the STATUS DELETED item, the RFC 5530
+        response codes, UID EXPUNGE, APPENDUID/COPYUID, CHILDREN
+        attributes, [CLOSED] (after ENABLE QRESYNC). What remains is the
+        behaviour switched on by ``ENABLE IMAP4rev2``: SEARCH answered only
+        with ESEARCH; no RECENT response, \\Recent flag, NEW/OLD/RECENT keys
+        or [UNSEEN n] at SELECT; the LIST response of the folder in
+        SELECT/EXAMINE; [CLOSED] always; UTF-8 mailbox names instead of
+        modified UTF-7; LIST's OLDNAME after RENAME; and RFC 9051 §6.2.1
+        STARTTLS, which SPEC §2's implicit-TLS-only listeners do not offer.
         """
         caps = [b"IMAP4rev1", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"LITERAL+"]
         if self.state == "unauth":
@@ -1291,8 +1291,8 @@ class IMAPServer(imap4.IMAP4Server):
 
     async def do_STATUS(self, tag, name, items):
         """RFC 3501 §6.3.10 (the name is quoted when it must be), with the
-        RFC 7889 APPENDLIMIT, RFC 7162 §3.1.7 HIGHESTMODSEQ and RFC 8438
-        SIZE items."""
+        RFC 7889 APPENDLIMIT, RFC 7162 §3.1.7 HIGHESTMODSEQ, RFC 8438 SIZE
+        and RFC 9051 §6.3.11 DELETED items."""
         if "HIGHESTMODSEQ" in items:
             self._enable_condstore()
         status = await self.account.status(name)
@@ -1303,7 +1303,8 @@ class IMAPServer(imap4.IMAP4Server):
         values = {"MESSAGES": status.messages, "RECENT": status.recent,
                   "UIDNEXT": status.uidnext, "UIDVALIDITY": status.uidvalidity,
                   "UNSEEN": status.unseen, "APPENDLIMIT": self.context.max_message_bytes,
-                  "HIGHESTMODSEQ": status.highestmodseq, "SIZE": status.size}
+                  "HIGHESTMODSEQ": status.highestmodseq, "SIZE": status.size,
+                  "DELETED": status.deleted}
         return b"* STATUS " + self._mailbox_name(status.name) + b" (" + b" ".join(
             b"%s %d" % (item.encode(), values[item]) for item in items) + b")"
 
