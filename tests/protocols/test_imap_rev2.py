@@ -170,6 +170,30 @@ class Rev2Tests(unittest.TestCase):
             b'* LIST (\\HasNoChildren) "/" Lists ("OLDNAME" (Lists/))')
         self.assertEqual(self.c.command("b CREATE Plain").ok().untagged, [])
 
+    def test_bodystructure_decodes_rfc2231(self):
+        """RFC 9051 §6.4.5 (Appendix E): parameter value continuations and
+        charsets (RFC 2231) are decoded in BODYSTRUCTURE; IMAP4rev1 sessions
+        get the parameters as written."""
+        self.imap.deliver(b"Subject: cv\r\nMIME-Version: 1.0\r\n"
+                          b"Content-Type: application/pdf; name*=utf-8''%E2%82%AC.pdf\r\n"
+                          b"Content-Disposition: attachment;\r\n"
+                          b" filename*0*=utf-8''R%C3%A9sum; filename*1=\"e.pdf\"; size=5\r\n"
+                          b"\r\nhello\r\n")
+        rev1 = self.imap.connect(login=True)
+        rev1.select()
+        r = rev1.command("a FETCH 13 (BODYSTRUCTURE)").ok()
+        self.assertIn(b'("name*" "utf-8\'\'%E2%82%AC.pdf")', r.untagged[0])
+        self.assertIn(b'("filename*0*" "utf-8\'\'R%C3%A9sum" "filename*1" "e.pdf" "size" "5")',
+                      r.untagged[0])
+        self.rev2()
+        self.c.select()
+        r = self.c.command("b FETCH 13 (BODYSTRUCTURE)").ok()
+        self.assertIn('("name" {7}\r\n€.pdf)'.encode(), r.untagged[0])
+        self.assertIn('("attachment" ("filename" {11}\r\nRésume.pdf "size" "5"))'.encode(),
+                      r.untagged[0])
+        r = self.c.command("c FETCH 13 (BODY)").ok()
+        self.assertIn('("name" {7}\r\n€.pdf)'.encode(), r.untagged[0])
+
     def test_rev1_session_unchanged(self):
         """Without ENABLE IMAP4rev2 the session is IMAP4rev1 as before:
         SEARCH, RECENT, [UNSEEN n], no LIST at SELECT, no [CLOSED], the

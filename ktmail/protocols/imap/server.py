@@ -1906,9 +1906,10 @@ class IMAPServer(imap4.IMAP4Server):
             elif name == "ENVELOPE":
                 plan.append(b"ENVELOPE " + fetch.envelope(summary.envelope))
             elif name == "BODYSTRUCTURE":
-                plan.append(b"BODYSTRUCTURE " + fetch.body_structure(structure, True))
+                plan.append(b"BODYSTRUCTURE " + fetch.body_structure(structure, True,
+                                                                     self.rev2))
             elif name == "BODY" and item.section is None:
-                plan.append(b"BODY " + fetch.body_structure(structure, False))
+                plan.append(b"BODY " + fetch.body_structure(structure, False, self.rev2))
             elif name == "RFC822.HEADER":
                 plan.append(_Read(b"RFC822.HEADER", header=True))
             elif name in ("BINARY[]", "BINARY.SIZE"):
