@@ -170,6 +170,17 @@ class Rev2Tests(unittest.TestCase):
             b'* LIST (\\HasNoChildren) "/" Lists ("OLDNAME" (Lists/))')
         self.assertEqual(self.c.command("b CREATE Plain").ok().untagged, [])
 
+    def test_delete_with_children(self):
+        """RFC 9051 §6.3.5 (A685) and §7.1: a folder with subfolders is not
+        deleted, NO [HASCHILDREN]; IMAP4rev1 sessions get [CANNOT] as before."""
+        self.c.command("a CREATE foo/bar").ok()
+        self.c.command("b DELETE foo").no("CANNOT")
+        self.rev2()
+        self.c.command("A685 DELETE foo").no("HASCHILDREN")
+        self.c.command("c DELETE Trash").no("CANNOT")
+        self.c.command("d DELETE foo/bar").ok()
+        self.c.command("e DELETE foo").ok()
+
     def test_bodystructure_decodes_rfc2231(self):
         """RFC 9051 §6.4.5 (Appendix E): parameter value continuations and
         charsets (RFC 2231) are decoded in BODYSTRUCTURE; IMAP4rev1 sessions

@@ -1238,10 +1238,26 @@ class IMAPServer(imap4.IMAP4Server):
         self._ok(tag, b"CREATE completed")
 
     async def do_DELETE(self, tag, name):
-        """RFC 3501 §6.3.4; the default folders are refused ([CANNOT])."""
+        """RFC 3501 §6.3.4; the default folders are refused ([CANNOT]), and
+        so are folders with subfolders: [HASCHILDREN] after ENABLE
+        IMAP4rev2 (RFC 9051 §6.3.5, §7.1), [CANNOT] before."""
         self._leave_if_selected(name)
-        await self.account.delete(name)
+        try:
+            await self.account.delete(name)
+        except errors.ValidationError as e:
+            if self.rev2 and await self._has_children(name):
+                self._answer(tag, b"NO", b"[HASCHILDREN] " + wire.text(e.text))
+                return
+            raise
         self._ok(tag, b"DELETE completed")
+
+    async def _has_children(self, name):
+        try:
+            target = normalize_folder_name(name)
+        except errors.ValidationError:
+            return False
+        return any(i.name.startswith(target + SEPARATOR)
+                   for i in await self.account.list_folders())
 
     async def do_RENAME(self, tag, old, new):
         """RFC 3501 §6.3.5 (RENAME INBOX moves its messages to a new folder).
