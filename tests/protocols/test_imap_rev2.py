@@ -257,3 +257,16 @@ class StatusDeletedTests(unittest.TestCase):
 
 class StatusDeletedMaildirTests(StatusDeletedTests):
     maildir = True
+
+
+class AdvertisedTests(unittest.TestCase):
+    def test_advertised_with_rev1(self):
+        """RFC 9051 §6.1.1 and Appendix E: IMAP4rev2 is advertised next to
+        IMAP4rev1, before and after login."""
+        imap = IMAPHarness(self)
+        c = imap.connect(login=True)
+        for client in (imap.connect(), c):
+            caps = client.command("a CAPABILITY").ok().untagged[0].split()
+            self.assertIn(b"IMAP4rev1", caps)
+            self.assertIn(b"IMAP4rev2", caps)
+        self.assertIn(b"IMAP4rev2", imap.connect().greeting)

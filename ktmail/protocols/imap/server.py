@@ -1,10 +1,11 @@
-"""The IMAP4rev1 session (RFC 3501) with the extensions of SPEC §4 and
-issue 8: CONDSTORE/QRESYNC (RFC 7162), ESEARCH (RFC 4731), SEARCHRES
-(RFC 5182), SORT/THREAD (RFC 5256), ESORT (RFC 5267), COMPRESS=DEFLATE
-(RFC 4978), LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819), STATUS=SIZE
-(RFC 8438), BINARY (RFC 3516), MULTIAPPEND (RFC 3502), UTF8=ACCEPT
-(RFC 6855). ``capability_list`` says what is offered and what IMAP4rev2
-still lacks.
+"""The IMAP4rev1 session (RFC 3501), or IMAP4rev2 (RFC 9051) once the
+client enables it, with the extensions of SPEC §4 and issue 8:
+CONDSTORE/QRESYNC (RFC 7162), ESEARCH (RFC 4731), SEARCHRES (RFC 5182),
+SORT/THREAD (RFC 5256), ESORT (RFC 5267), COMPRESS=DEFLATE (RFC 4978),
+LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819), STATUS=SIZE (RFC 8438),
+BINARY (RFC 3516), MULTIAPPEND (RFC 3502), UTF8=ACCEPT (RFC 6855).
+``capability_list`` says what is offered and what ENABLE IMAP4rev2
+changes.
 
 ``IMAPServer`` subclasses Twisted's ``IMAP4Server`` for its connection
 plumbing (line reception, states, timeouts, the greeting) and replaces
@@ -494,20 +495,29 @@ class IMAPServer(imap4.IMAP4Server):
         """What this session offers (SPEC §4 and issue 8); each extension is
         listed only once it is complete.
 
-        IMAP4rev2 (RFC 9051) is not advertised yet. Of its Appendix E
-        differences from IMAP4rev1, these are served: NAMESPACE, UNSELECT,
-        UIDPLUS, ESEARCH, SEARCHRES, ENABLE, IDLE, SASL-IR, LIST-EXTENDED,
-        LIST-STATUS, MOVE, LITERAL+ (a superset of LITERAL-), BINARY,
-        SPECIAL-USE, STATUS=SIZE, the STATUS DELETED item, the RFC 5530
-        response codes, UID EXPUNGE, APPENDUID/COPYUID, CHILDREN
-        attributes, and what ``ENABLE IMAP4rev2`` switches on: SEARCH
-        answered with ESEARCH; no RECENT response, \\Recent flag,
-        NEW/OLD/RECENT keys or [UNSEEN n] at SELECT; the LIST response of
-        the folder in SELECT/EXAMINE; [CLOSED] always; UTF-8 mailbox names;
-        OLDNAME after RENAME and CREATE. RFC 9051 §6.2.1 STARTTLS has no
-        place on SPEC §2's implicit-TLS-only listeners.
+        IMAP4rev2 (RFC 9051) is advertised next to IMAP4rev1 (its §1 and
+        Appendix E allow both): a client that does not ENABLE IMAP4rev2 is
+        served IMAP4rev1 (RFC 3501) with the extensions listed. Of the
+        Appendix E differences, the incorporated extensions are all served
+        to everyone (NAMESPACE, UNSELECT, UIDPLUS, ESEARCH, SEARCHRES,
+        ENABLE, IDLE, SASL-IR, LIST-EXTENDED, LIST-STATUS, MOVE, LITERAL+ as
+        a superset of LITERAL-, BINARY, SPECIAL-USE, STATUS=SIZE, the STATUS
+        DELETED item, the RFC 5530 response codes, UID EXPUNGE,
+        APPENDUID/COPYUID, CHILDREN attributes); ``ENABLE IMAP4rev2``
+        switches on the rest: SEARCH answered only with ESEARCH; no RECENT
+        response, \\Recent flag, RECENT/NEW/OLD keys (BAD) or STATUS RECENT
+        item (BAD); no [UNSEEN n] at SELECT, which sends the folder's LIST
+        response instead; [CLOSED] whenever SELECT/EXAMINE closes a folder;
+        UTF-8 mailbox names both ways instead of modified UTF-7; OLDNAME in
+        the LIST responses RENAME sends (and CREATE, when the name given
+        was changed); [HASCHILDREN] for DELETE; RFC 2231 parameters decoded
+        in BODYSTRUCTURE. The deprecated CHECK, LSUB and RFC822* FETCH items
+        are still accepted. STARTTLS (RFC 9051 §6.2.1) is required only on
+        cleartext ports: the IMAP listener is implicit TLS (port 993, SPEC
+        §2), so it is not offered; LOGINDISABLED stands in for AUTH=PLAIN
+        on a connection without TLS.
         """
-        caps = [b"IMAP4rev1", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"LITERAL+"]
+        caps = [b"IMAP4rev1", b"IMAP4rev2", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"LITERAL+"]
         if self.state == "unauth":
             caps.append(b"AUTH=PLAIN" if self.tls else b"LOGINDISABLED")
             return caps
