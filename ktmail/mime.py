@@ -303,6 +303,15 @@ def parse_parameterized(text):
 _RFC2231_SECTION = re.compile(r"(.+?)(?:\*(\d+))?(\*)?\Z")
 
 
+def rfc2231_name(key):
+    """The parameter name of an RFC 2231 key (``name*0*``, ``name*1``,
+    ``name*``), or None for a plain parameter."""
+    m = _RFC2231_SECTION.match(key)
+    if m and (m.group(2) is not None or m.group(3)):
+        return m.group(1)
+    return None
+
+
 def decode_param(params, name):
     """The decoded value of parameter ``name`` among raw ``params``: RFC 2231
     continuations and charsets (``name*0*=utf-8''...``), else the plain

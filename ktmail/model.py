@@ -341,8 +341,8 @@ class MessageInfo(typing.NamedTuple):
 
 @attrs.frozen
 class FolderStatus:
-    """The figures of RFC 3501 STATUS / SELECT (plus RFC 8438 SIZE and
-    RFC 7162 HIGHESTMODSEQ) of one folder."""
+    """The figures of RFC 3501 STATUS / SELECT (plus RFC 8438 SIZE, RFC
+    7162 HIGHESTMODSEQ and RFC 9051 DELETED) of one folder."""
 
     name: str
     uidvalidity: int
@@ -352,6 +352,8 @@ class FolderStatus:
     recent: int
     unseen: int
     size: int
+    #: messages carrying \\Deleted (RFC 9051 §6.3.11 STATUS DELETED)
+    deleted: int = 0
 
 
 @attrs.frozen

@@ -38,6 +38,7 @@ from zope.interface import Interface
 
 from ktmail import errors
 from ktmail.model import (
+    DELETED,
     INBOX,
     SEEN,
     SPAM_FOLDER,
@@ -168,6 +169,11 @@ class LiveFolder:
         by_flags = collections.Counter(map(_FLAGS, self._infos.values()))
         return sum(n for flags, n in by_flags.items() if SEEN not in flags)
 
+    @property
+    def deleted(self):
+        by_flags = collections.Counter(map(_FLAGS, self._infos.values()))
+        return sum(n for flags, n in by_flags.items() if DELETED in flags)
+
     def first_unseen_uid(self):
         """UID of the first message without \\Seen (SELECT's [UNSEEN n]), or None."""
         for uid in self.uids:
@@ -185,7 +191,7 @@ class LiveFolder:
         return FolderStatus(name=self.name, uidvalidity=self.uidvalidity, uidnext=self.uidnext,
                             highestmodseq=self.highestmodseq, messages=len(self.uids),
                             recent=len(self._unclaimed_recent), unseen=self.unseen,
-                            size=self.size)
+                            size=self.size, deleted=self.deleted)
 
     # --- listeners and \Recent ---
 

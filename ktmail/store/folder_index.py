@@ -106,6 +106,7 @@ TOMBSTONES_KEPT = 20_000
 # sysflags bits of the IMAP system flags
 FLAG_BITS = {"\\Answered": 1, "\\Deleted": 2, "\\Draft": 4, "\\Flagged": 8, "\\Seen": 16}
 SEEN_BIT = FLAG_BITS["\\Seen"]
+DELETED_BIT = FLAG_BITS["\\Deleted"]
 
 
 def connect(path):
@@ -369,10 +370,11 @@ def take_uids(conn, folder_id, count):
 
 
 def folder_counts(conn, folder_id):
-    """-> (messages, recent, unseen, bytes) of one folder."""
+    """-> (messages, recent, unseen, bytes, deleted) of one folder."""
     return conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(recent), 0), "
-        f"COALESCE(SUM((sysflags & {SEEN_BIT}) = 0), 0), COALESCE(SUM(size), 0) "
+        f"COALESCE(SUM((sysflags & {SEEN_BIT}) = 0), 0), COALESCE(SUM(size), 0), "
+        f"COALESCE(SUM((sysflags & {DELETED_BIT}) != 0), 0) "
         "FROM messages WHERE folder_id=?", (folder_id,)).fetchone()
 
 

@@ -33,6 +33,7 @@ from ktmail.model import MessageInfo
 from ktmail.store import folder_index
 from ktmail.store.folder_index import (  # noqa: F401 - the same helpers for maildir.py
     CREATED,
+    DELETED_BIT,
     FLAG_BITS,
     OPENED,
     SAME,
@@ -271,11 +272,13 @@ def take_uids(conn, folder_id, count):
 
 
 def folder_counts(conn, folder_id):
-    """-> (messages, recent, unseen, bytes) of one folder."""
+    """-> (messages, recent, unseen, bytes, deleted) of one folder."""
     return tuple(conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(recent), 0)::bigint, "
         f"COALESCE(SUM(CASE WHEN sysflags & {SEEN_BIT} = 0 THEN 1 ELSE 0 END), 0)::bigint, "
-        "COALESCE(SUM(size), 0)::bigint FROM mail_messages WHERE folder_id=%s",
+        "COALESCE(SUM(size), 0)::bigint, "
+        f"COALESCE(SUM(CASE WHEN sysflags & {DELETED_BIT} != 0 THEN 1 ELSE 0 END), 0)::bigint "
+        "FROM mail_messages WHERE folder_id=%s",
         (folder_id,)).fetchone())
 
 

@@ -756,7 +756,8 @@ class MaildirMailbox:
 
     def _status(self, row, infos=None):
         if infos is None:
-            messages, recent, unseen, size = self._sql.folder_counts(self._conn, row.id)
+            messages, recent, unseen, size, deleted = self._sql.folder_counts(self._conn,
+                                                                              row.id)
         else:
             # C-level passes: a 100,000-message folder is counted in milliseconds
             messages = len(infos)
@@ -764,9 +765,10 @@ class MaildirMailbox:
             size = sum(map(_SIZE, infos))
             by_flags = collections.Counter(map(_FLAGS, infos))
             unseen = sum(n for flags, n in by_flags.items() if "\\Seen" not in flags)
+            deleted = sum(n for flags, n in by_flags.items() if "\\Deleted" in flags)
         return FolderStatus(name=row.name, uidvalidity=row.uidvalidity, uidnext=row.uidnext,
                             highestmodseq=row.highestmodseq, messages=messages, recent=recent,
-                            unseen=unseen, size=size)
+                            unseen=unseen, size=size, deleted=deleted)
 
     def folder_status(self, name):
         return self._status(self._folder(name))

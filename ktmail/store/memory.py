@@ -16,6 +16,7 @@ from zope.interface import implementer
 from ktmail import errors, mime
 from ktmail.model import (
     DEFAULT_FOLDERS,
+    DELETED,
     FLAGS_ADD,
     FLAGS_REMOVE,
     FLAGS_REPLACE,
@@ -330,7 +331,8 @@ class MemoryMailStore:
             name=folder.name, uidvalidity=folder.uidvalidity, uidnext=folder.uidnext,
             highestmodseq=folder.highestmodseq, messages=len(infos),
             recent=sum(1 for i in infos if i.recent),
-            unseen=sum(1 for i in infos if not i.seen), size=sum(i.size for i in infos))
+            unseen=sum(1 for i in infos if not i.seen), size=sum(i.size for i in infos),
+            deleted=sum(1 for i in infos if DELETED in i.flags))
 
     # mailboxes
     @_answer

@@ -269,15 +269,3 @@ class MoveTests(unittest.TestCase):
         self.assertIn(b"[HIGHESTMODSEQ %d]" % live.highestmodseq, r.tagged)
         r.has(b"* VANISHED 2")
         r.lacks(rb"EXPUNGE")
-
-
-class Imap4rev2Tests(unittest.TestCase):
-    def test_not_advertised_yet(self):
-        """IMAP4rev2 (RFC 9051) is advertised only once every requirement of
-        its Appendix E is met; what remains is listed in
-        IMAPServer.capability_list's docstring."""
-        imap = IMAPHarness(self)
-        c = imap.connect(login=True)
-        self.assertNotIn(b"IMAP4rev2", c.greeting)
-        self.assertNotIn(b"IMAP4rev2", c.command("a CAPABILITY").ok().untagged[0])
-        c.command("b ENABLE IMAP4rev2").ok().has(b"* ENABLED")

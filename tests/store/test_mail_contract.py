@@ -242,6 +242,18 @@ class MailStoreContract:
         self.assertEqual(status.highestmodseq, max(i.modseq for i in infos))
 
     @deferred
+    async def test_status_counts_deleted_messages(self):
+        """STATUS DELETED (RFC 9051 §6.3.11): the messages carrying \\Deleted,
+        as added and as flagged later."""
+        await self.add(flags=["\\Deleted"])
+        b = await self.add()
+        await self.add(flags=["\\Seen"])
+        self.assertEqual((await self.store.folder_status(MAILBOX, "INBOX")).deleted, 1)
+        await self.store.set_flags(MAILBOX, "INBOX", [b.uid], ["\\Deleted"], FLAGS_ADD)
+        status = await self.store.folder_status(MAILBOX, "INBOX")
+        self.assertEqual((status.messages, status.deleted), (3, 2))
+
+    @deferred
     async def test_message_is_stored_with_crlf_and_prefix(self):
         """Line endings become CRLF (the bytes IMAP serves), the prefix comes
         first, and the size is the stored size."""

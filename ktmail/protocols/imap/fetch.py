@@ -54,18 +54,39 @@ def envelope(env):
 # --- BODY / BODYSTRUCTURE -------------------------------------------------------------------
 
 
-def _params(params):
+def joined_params(params):
+    """RFC 2231 parameters decoded (RFC 9051 §6.4.5 BODYSTRUCTURE: the
+    server SHOULD decode value continuations): ``name*0*``, ``name*1``... and
+    ``name*`` become one ``name`` with its decoded value; other parameters
+    stay as they are."""
+    out = []
+    done = set()
+    for key, value in params:
+        name = mime.rfc2231_name(key)
+        if name is None:
+            out.append((key, value))
+            continue
+        if name not in done:
+            done.add(name)
+            decoded = mime.decode_param(params, name)
+            out.append((name, decoded if decoded is not None else value))
+    return tuple(out)
+
+
+def _params(params, decode=False):
     if not params:
         return NIL
+    if decode:
+        params = joined_params(params)
     return b"(" + b" ".join(wire.string(name) + b" " + wire.string(value)
                             for name, value in params) + b")"
 
 
-def _disposition(part):
+def _disposition(part, decode=False):
     if part.disposition is None:
         return NIL
-    return b"(" + wire.string(part.disposition) + b" " + _params(part.disposition_params) \
-        + b")"
+    return b"(" + wire.string(part.disposition) + b" " \
+        + _params(part.disposition_params, decode) + b")"
 
 
 def _language(part):
@@ -76,26 +97,30 @@ def _language(part):
     return b"(" + b" ".join(wire.string(t) for t in part.language) + b")"
 
 
-def body_structure(part, extended=True):
-    """BODYSTRUCTURE (``extended``) or BODY of a ``mime.Part``."""
+def body_structure(part, extended=True, decode_params=False):
+    """BODYSTRUCTURE (``extended``) or BODY of a ``mime.Part``; with
+    ``decode_params`` (IMAP4rev2) RFC 2231 parameters are decoded."""
     if part.is_multipart and part.children:
-        out = b"(" + b"".join(body_structure(c, extended) for c in part.children)
+        out = b"(" + b"".join(body_structure(c, extended, decode_params)
+                              for c in part.children)
         out += b" " + wire.string(part.media_subtype)
         if extended:
-            out += b" " + b" ".join((_params(part.params), _disposition(part), _language(part),
-                                      wire.nstring(part.location)))
+            out += b" " + b" ".join((_params(part.params, decode_params),
+                                     _disposition(part, decode_params), _language(part),
+                                     wire.nstring(part.location)))
         return out + b")"
     fields = [wire.string(part.media_type), wire.string(part.media_subtype),
-              _params(part.params), wire.nstring(part.content_id),
+              _params(part.params, decode_params), wire.nstring(part.content_id),
               wire.nstring(part.description), wire.string(part.encoding),
               b"%d" % part.size]
     if part.message is not None:
-        fields += [envelope(part.message.envelope), body_structure(part.message, extended),
+        fields += [envelope(part.message.envelope),
+                   body_structure(part.message, extended, decode_params),
                    b"%d" % part.body_lines]
     elif part.media_type == "text":
         fields.append(b"%d" % part.body_lines)
     if extended:
-        fields += [wire.nstring(part.md5), _disposition(part), _language(part),
+        fields += [wire.nstring(part.md5), _disposition(part, decode_params), _language(part),
                    wire.nstring(part.location)]
     return b"(" + b" ".join(fields) + b")"
 

@@ -20,7 +20,10 @@ Invariants of ``SelectedFolder`` (RFC 3501 §2.3.1.2, §5.2, §7.4.1):
   about flags carries MODSEQ; once it enabled QRESYNC (§3.2.10), removals
   are reported as ``VANISHED uid-set`` instead of EXPUNGE;
 - ``saved`` (RFC 5182 ``$``) holds UIDs; an expunged message leaves it
-  when its removal is reported.
+  when its removal is reported;
+- a session that enabled IMAP4rev2 (RFC 9051 Appendix E) has no \\Recent:
+  ``recent`` stays empty (the messages stay \\Recent for IMAP4rev1
+  sessions) and no RECENT response is sent.
 """
 
 import bisect
@@ -211,6 +214,8 @@ class SelectedFolder:
         #: RFC 7162: MODSEQ in flag updates (CONDSTORE), VANISHED (QRESYNC)
         self.condstore = False
         self.qresync = False
+        #: RFC 9051: no \\Recent, no RECENT responses
+        self.rev2 = False
         #: the saved search result (RFC 5182 ``$``): UIDs
         self.saved = frozenset()
 
@@ -220,11 +225,18 @@ class SelectedFolder:
         without taking the flag from them (RFC 3501 §6.3.2)."""
         self.session = session
         self.live.add_listener(self)
-        if self.rw:
+        if self.rev2:
+            self.recent = set()
+        elif self.rw:
             self.recent = set(self.live.take_recent()) & set(self.uids)
         else:
             info = self.live.info
             self.recent = {u for u in self.uids if (i := info(u)) is not None and i.recent}
+
+    def enable_rev2(self):
+        """ENABLE IMAP4rev2 while this folder is open: \\Recent is no more."""
+        self.rev2 = True
+        self.recent = set()
 
     def detach(self):
         """Stop listening and give the live folder back (idempotent)."""
@@ -236,7 +248,7 @@ class SelectedFolder:
     # --- IFolderListener (called by the live folder, on the reactor thread) ---
 
     def messages_added(self, folder, infos):
-        if self.rw:
+        if self.rw and not self.rev2:
             self.recent.update(folder.take_recent())
         self._wake()
 
@@ -336,7 +348,8 @@ class SelectedFolder:
             self.uids.extend(new)
             self._last_uid = new[-1]
             lines.append(b"* %d EXISTS" % len(self.uids))
-            lines.append(b"* %d RECENT" % len(self.recent))
+            if not self.rev2:
+                lines.append(b"* %d RECENT" % len(self.recent))
         if self._flag_changes:
             changed = sorted(self._flag_changes - self._expunged)
             self._flag_changes = set(self._expunged & self._flag_changes)

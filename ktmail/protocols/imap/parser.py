@@ -971,7 +971,7 @@ def list_command(reader, utf8=False):
 
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "APPENDLIMIT",
-                "HIGHESTMODSEQ", "SIZE")
+                "HIGHESTMODSEQ", "SIZE", "DELETED")
 
 
 def status_items(reader):

@@ -1,10 +1,11 @@
-"""The IMAP4rev1 session (RFC 3501) with the extensions of SPEC §4 and
-issue 8: CONDSTORE/QRESYNC (RFC 7162), ESEARCH (RFC 4731), SEARCHRES
-(RFC 5182), SORT/THREAD (RFC 5256), ESORT (RFC 5267), COMPRESS=DEFLATE
-(RFC 4978), LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819), STATUS=SIZE
-(RFC 8438), BINARY (RFC 3516), MULTIAPPEND (RFC 3502), UTF8=ACCEPT
-(RFC 6855). ``capability_list`` says what is offered and what IMAP4rev2
-still lacks.
+"""The IMAP4rev1 session (RFC 3501), or IMAP4rev2 (RFC 9051) once the
+client enables it, with the extensions of SPEC §4 and issue 8:
+CONDSTORE/QRESYNC (RFC 7162), ESEARCH (RFC 4731), SEARCHRES (RFC 5182),
+SORT/THREAD (RFC 5256), ESORT (RFC 5267), COMPRESS=DEFLATE (RFC 4978),
+LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819), STATUS=SIZE (RFC 8438),
+BINARY (RFC 3516), MULTIAPPEND (RFC 3502), UTF8=ACCEPT (RFC 6855).
+``capability_list`` says what is offered and what ENABLE IMAP4rev2
+changes.
 
 ``IMAPServer`` subclasses Twisted's ``IMAP4Server`` for its connection
 plumbing (line reception, states, timeouts, the greeting) and replaces
@@ -84,6 +85,8 @@ QUOTA_ALERT = 0.9
 _TAG = re.compile(rb"([^\x00-\x20\x7f-\xff(){%*\"\\+]+) ")
 _COMMAND = re.compile(rb"[A-Za-z]+")
 _FAST_ITEMS = {"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "MODSEQ"}
+#: capabilities ENABLE can turn on (upper-case -> as they are spelled)
+_ENABLEABLE = {c.upper(): c for c in ("CONDSTORE", "QRESYNC", "UTF8=ACCEPT", "IMAP4rev2")}
 
 
 @attrs.frozen
@@ -244,7 +247,7 @@ class _Gone(Exception):
 
 def _mailbox(server, reader):
     reader.space()
-    return parser.mailbox(reader, "UTF8=ACCEPT" in server._enabled)
+    return parser.mailbox(reader, server.utf8_names)
 
 
 def _astring(server, reader):
@@ -267,36 +270,55 @@ def _store_action(server, reader):
     return parser.store_action(reader)
 
 
+def _no_recent_keys(server, query):
+    """RFC 9051 Appendix E: IMAP4rev2 has no RECENT, NEW or OLD search keys."""
+    if server.rev2 and any(isinstance(k, search.Recent) for k in search.leaves(query)):
+        raise ParseError("IMAP4rev2 has no RECENT, NEW or OLD search keys "
+                         "(RFC 9051 Appendix E).")
+
+
 def _search_program(server, reader):
     reader.space()
-    return parser.search_program(reader)
+    program = parser.search_program(reader)
+    _no_recent_keys(server, program.query)
+    return program
 
 
 def _sort_program(server, reader):
     reader.space()
-    return parser.sort_program(reader)
+    program = parser.sort_program(reader)
+    _no_recent_keys(server, program.query)
+    return program
 
 
 def _thread_program(server, reader):
     reader.space()
-    return parser.thread_program(reader)
+    program = parser.thread_program(reader)
+    _no_recent_keys(server, program[1])
+    return program
 
 
 def _list_command(server, reader):
     reader.space()
-    return parser.list_command(reader, "UTF8=ACCEPT" in server._enabled)
+    command = parser.list_command(reader, server.utf8_names)
+    if server.rev2 and "RECENT" in command.status_items:
+        raise ParseError("IMAP4rev2 has no STATUS RECENT (RFC 9051 Appendix E).")
+    return command
 
 
 def _status_items(server, reader):
     reader.space()
-    return parser.status_items(reader)
+    items = parser.status_items(reader)
+    if server.rev2 and "RECENT" in items:
+        raise ParseError("IMAP4rev2 has no STATUS RECENT (RFC 9051 Appendix E).")
+    return items
 
 
 def _append_args(server, reader):
     """``mailbox 1*(SP [flags SP] [date-time SP] literal)``: several messages
     are MULTIAPPEND (RFC 3502 §6.3.11). -> (name, [(flags, date, Literal)])."""
     reader.space()
-    name = parser.mailbox(reader, "UTF8=ACCEPT" in server._enabled)
+    name = parser.mailbox(reader, server.utf8_names)
     messages = []
     while reader.peek() == b" " or not messages:
         reader.space()
@@ -367,12 +389,12 @@ def _rest(server, reader):
 def _list_reference(server, reader):
     reader.space()
     raw = reader.astring()
-    return parser.decode_mailbox(raw, "UTF8=ACCEPT" in server._enabled) if raw else ""
+    return parser.decode_mailbox(raw, server.utf8_names) if raw else ""
 
 
 def _list_pattern(server, reader):
     reader.space()
-    return parser._pattern(reader, "UTF8=ACCEPT" in server._enabled)
+    return parser._pattern(reader, server.utf8_names)
 
 
 # --- the session --------------------------------------------------------------------
@@ -473,21 +495,29 @@ class IMAPServer(imap4.IMAP4Server):
         """What this session offers (SPEC §4 and issue 8); each extension is
         listed only once it is complete.
 
-        IMAP4rev2 (RFC 9051) is not advertised yet. Of its Appendix E
-        differences from IMAP4rev1, these are served: NAMESPACE, UNSELECT,
-        UIDPLUS, ESEARCH, SEARCHRES, ENABLE, IDLE, SASL-IR, LIST-EXTENDED,
-        LIST-STATUS, MOVE, LITERAL+ (a superset of LITERAL-), BINARY,
-        SPECIAL-USE, STATUS=SIZE, the RFC 5530 response codes, UID EXPUNGE,
-        APPENDUID/COPYUID, CHILDREN attributes, [CLOSED] (after ENABLE
-        QRESYNC). What remains is the behaviour switched on by ``ENABLE
-        IMAP4rev2``: SEARCH answered only with ESEARCH; no RECENT response,
-        \\Recent flag, NEW/OLD/RECENT keys or [UNSEEN n] at SELECT; the
-        LIST response of the folder in SELECT/EXAMINE; [CLOSED] always;
-        UTF-8 mailbox names instead of modified UTF-7; the STATUS DELETED
-        item; LIST's OLDNAME after RENAME; and RFC 9051 §6.2.1 STARTTLS,
-        which SPEC §2's implicit-TLS-only listeners do not offer.
+        IMAP4rev2 (RFC 9051) is advertised next to IMAP4rev1 (its §1 and
+        Appendix E allow both): a client that does not ENABLE IMAP4rev2 is
+        served IMAP4rev1 (RFC 3501) with the extensions listed. Of the
+        Appendix E differences, the incorporated extensions are all served
+        to everyone (NAMESPACE, UNSELECT, UIDPLUS, ESEARCH, SEARCHRES,
+        ENABLE, IDLE, SASL-IR, LIST-EXTENDED, LIST-STATUS, MOVE, LITERAL+ as
+        a superset of LITERAL-, BINARY, SPECIAL-USE, STATUS=SIZE, the STATUS
+        DELETED item, the RFC 5530 response codes, UID EXPUNGE,
+        APPENDUID/COPYUID, CHILDREN attributes); ``ENABLE IMAP4rev2``
+        switches on the rest: SEARCH answered only with ESEARCH; no RECENT
+        response, \\Recent flag, RECENT/NEW/OLD keys (BAD) or STATUS RECENT
+        item (BAD); no [UNSEEN n] at SELECT, which sends the folder's LIST
+        response instead; [CLOSED] whenever SELECT/EXAMINE closes a folder;
+        UTF-8 mailbox names both ways instead of modified UTF-7; OLDNAME in
+        the LIST responses RENAME sends (and CREATE, when the name given
+        was changed); [HASCHILDREN] for DELETE; RFC 2231 parameters decoded
+        in BODYSTRUCTURE. The deprecated CHECK, LSUB and RFC822* FETCH items
+        are still accepted. STARTTLS (RFC 9051 §6.2.1) is required only on
+        cleartext ports: the IMAP listener is implicit TLS (port 993, SPEC
+        §2), so it is not offered; LOGINDISABLED stands in for AUTH=PLAIN
+        on a connection without TLS.
         """
-        caps = [b"IMAP4rev1", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"LITERAL+"]
+        caps = [b"IMAP4rev1", b"IMAP4rev2", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"LITERAL+"]
         if self.state == "unauth":
             caps.append(b"AUTH=PLAIN" if self.tls else b"LOGINDISABLED")
             return caps
@@ -983,25 +1013,36 @@ class IMAPServer(imap4.IMAP4Server):
 
     async def do_ENABLE(self, tag, capabilities):
         """RFC 5161: the ENABLED line lists what this command turned on.
-        QRESYNC implies CONDSTORE (RFC 7162 §3.2.3)."""
+        QRESYNC implies CONDSTORE (RFC 7162 §3.2.3). IMAP4rev2 switches the
+        session to RFC 9051 (its Appendix E differences)."""
         enabled = []
         for name in dict.fromkeys(c.upper() for c in capabilities):
-            text = name.decode("ascii", "replace")
-            if text in self.ENABLEABLE and text not in self._enabled:
-                enabled.append(name)
+            text = _ENABLEABLE.get(name.decode("ascii", "replace"))
+            if text is not None and text not in self._enabled:
+                enabled.append(text.encode("ascii"))
                 self._enabled.add(text)
         if "QRESYNC" in self._enabled:
             self._enable_qresync()
         elif "CONDSTORE" in self._enabled:
             self._enable_condstore()
+        if self.rev2 and self.selected is not None:
+            self.selected.enable_rev2()
         self.sendLine(b"* ENABLED" + b"".join(b" " + c for c in enabled))
         self._ok(tag, b"ENABLE completed")
 
-    #: capabilities ENABLE can turn on
-    ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC", "UTF8=ACCEPT"})
+    @property
+    def rev2(self):
+        """Did the client ENABLE IMAP4rev2 (RFC 9051 §6.3.1)?"""
+        return "IMAP4rev2" in self._enabled
+
+    @property
+    def utf8_names(self):
+        """Mailbox names travel as UTF-8, not modified UTF-7: after ENABLE
+        UTF8=ACCEPT (RFC 6855 §3) or IMAP4rev2 (RFC 9051 §5.1)."""
+        return "UTF8=ACCEPT" in self._enabled or "IMAP4rev2" in self._enabled
 
     def _mailbox_name(self, name):
-        return wire.mailbox(name, utf8="UTF8=ACCEPT" in self._enabled)
+        return wire.mailbox(name, utf8=self.utf8_names)
 
     @property
     def condstore(self):
@@ -1055,22 +1096,29 @@ class IMAPServer(imap4.IMAP4Server):
 
     async def do_SELECT(self, tag, name, params, rw):
         """RFC 3501 §6.3.1/§6.3.2 with every response §7 asks for, and the
-        RFC 7162 CONDSTORE (§3.1.8) and QRESYNC (§3.2.5) parameters."""
+        RFC 7162 CONDSTORE (§3.1.8) and QRESYNC (§3.2.5) parameters. After
+        ENABLE IMAP4rev2, the RFC 9051 §6.3.2 responses: no RECENT or
+        [UNSEEN n], the folder's LIST response, and [CLOSED] whenever a
+        folder was open before, also when this SELECT then fails."""
         if params.qresync is not None and not self.qresync:
             raise ParseError("Enable QRESYNC first (RFC 7162 §3.2.3).")
         if params.condstore:
             self._enabled.add("CONDSTORE")
         had_selection = self.selected is not None
         self._deselect()
+        if had_selection and self.rev2:
+            # RFC 9051 §7.1 CLOSED: the previous folder is closed from here on
+            self.sendLine(b"* OK [CLOSED] Previous folder closed.")
         selected = await self.account.select(name, rw)
         if self._gone:
             selected.live.release()
             return
-        if had_selection and self.qresync:
+        if had_selection and self.qresync and not self.rev2:
             # RFC 7162 §3.2.11: the end of the previous folder's responses
             self.sendLine(b"* OK [CLOSED] Previous folder closed.")
         selected.condstore = self.condstore
         selected.qresync = self.qresync
+        selected.rev2 = self.rev2
         selected.attach(self)
         self.selected = selected
         self.state = "select"
@@ -1085,12 +1133,15 @@ class IMAPServer(imap4.IMAP4Server):
         else:
             self.sendLine(b"* OK [PERMANENTFLAGS ()] Read-only folder.")
         self.sendLine(b"* %d EXISTS" % len(selected.uids))
-        self.sendLine(b"* %d RECENT" % len(selected.recent))
-        first = live.first_unseen_uid()
-        if first is not None:
-            seq = selected.seq_of(first)
-            if seq is not None:
-                self.sendLine(b"* OK [UNSEEN %d] First unseen." % seq)
+        if self.rev2:
+            await self._send_list_of(live.name)
+        else:
+            self.sendLine(b"* %d RECENT" % len(selected.recent))
+            first = live.first_unseen_uid()
+            if first is not None:
+                seq = selected.seq_of(first)
+                if seq is not None:
+                    self.sendLine(b"* OK [UNSEEN %d] First unseen." % seq)
         self.sendLine(b"* OK [UIDVALIDITY %d] UIDs valid." % live.uidvalidity)
         self.sendLine(b"* OK [UIDNEXT %d] Predicted next UID." % live.uidnext)
         if self.condstore:
@@ -1155,26 +1206,85 @@ class IMAPServer(imap4.IMAP4Server):
         if self.state == "select":
             self.state = "auth"
 
+    @staticmethod
+    def _attributes(info):
+        """The LIST attributes of a folder (model.FolderInfo)."""
+        attributes = [b"\\HasChildren" if info.has_children else b"\\HasNoChildren"]
+        if info.special_use:
+            attributes.append(info.special_use.encode("ascii"))
+        return attributes
+
+    async def _send_list_of(self, *names, old_names=None):
+        """``* LIST (attributes) "/" name`` of existing folders, with the
+        RFC 9051 §7.3.1 OLDNAME extended item where ``old_names`` (name ->
+        the name the client knew or gave) has one."""
+        wanted = set(names)
+        infos = {i.name: i for i in await self.account.list_folders() if i.name in wanted}
+        for name in names:
+            info = infos.get(name)
+            if info is None:
+                continue
+            line = (b"* LIST (" + b" ".join(self._attributes(info)) + b') "/" '
+                    + self._mailbox_name(name))
+            old = (old_names or {}).get(name)
+            if old is not None and old != name:
+                line += b' ("OLDNAME" (' + self._mailbox_name(old) + b"))"
+            self.sendLine(line)
+
     async def do_CREATE(self, tag, name):
-        """RFC 3501 §6.3.3: a trailing separator only says subfolders will follow."""
+        """RFC 3501 §6.3.3: a trailing separator only says subfolders will
+        follow. After ENABLE IMAP4rev2, a name the server changed (the
+        separator dropped, INBOX's spelling) is reported in a LIST response
+        with OLDNAME (RFC 9051 §6.3.4, §7.3.1)."""
+        given = name
         if name.endswith(SEPARATOR):
             name = name.rstrip(SEPARATOR)
         if name.upper() == INBOX:
             self._answer(tag, b"NO", b"[ALREADYEXISTS] INBOX always exists.")
             return
-        await self.account.create(name)
+        status = await self.account.create(name)
+        if self.rev2 and status is not None and status.name != given:
+            await self._send_list_of(status.name, old_names={status.name: given})
         self._ok(tag, b"CREATE completed")
 
     async def do_DELETE(self, tag, name):
-        """RFC 3501 §6.3.4; the default folders are refused ([CANNOT])."""
+        """RFC 3501 §6.3.4; the default folders are refused ([CANNOT]), and
+        so are folders with subfolders: [HASCHILDREN] after ENABLE
+        IMAP4rev2 (RFC 9051 §6.3.5, §7.1), [CANNOT] before."""
         self._leave_if_selected(name)
-        await self.account.delete(name)
+        try:
+            await self.account.delete(name)
+        except errors.ValidationError as e:
+            if self.rev2 and await self._has_children(name):
+                self._answer(tag, b"NO", b"[HASCHILDREN] " + wire.text(e.text))
+                return
+            raise
         self._ok(tag, b"DELETE completed")
 
+    async def _has_children(self, name):
+        try:
+            target = normalize_folder_name(name)
+        except errors.ValidationError:
+            return False
+        return any(i.name.startswith(target + SEPARATOR)
+                   for i in await self.account.list_folders())
+
     async def do_RENAME(self, tag, old, new):
-        """RFC 3501 §6.3.5 (RENAME INBOX moves its messages to a new folder)."""
+        """RFC 3501 §6.3.5 (RENAME INBOX moves its messages to a new folder).
+        After ENABLE IMAP4rev2, the LIST responses of the renamed folder and
+        its subfolders carry their old names (OLDNAME, RFC 9051 §7.3.1); not
+        for INBOX, which keeps its name."""
         self._leave_if_selected(old)
         await self.account.rename(old, new)
+        if self.rev2:
+            old_name, new_name = normalize_folder_name(old), normalize_folder_name(new)
+            if old_name != INBOX:
+                infos = await self.account.list_folders()
+                moved = {new_name: old_name}
+                for info in infos:
+                    if info.name.startswith(new_name + SEPARATOR):
+                        moved[info.name] = old_name + info.name[len(new_name):]
+                await self._send_list_of(*sorted(moved), old_names=moved)
         self._ok(tag, b"RENAME completed")
 
     def _leave_if_selected(self, name):
@@ -1291,8 +1401,8 @@ class IMAPServer(imap4.IMAP4Server):
 
     async def do_STATUS(self, tag, name, items):
         """RFC 3501 §6.3.10 (the name is quoted when it must be), with the
-        RFC 7889 APPENDLIMIT, RFC 7162 §3.1.7 HIGHESTMODSEQ and RFC 8438
-        SIZE items."""
+        RFC 7889 APPENDLIMIT, RFC 7162 §3.1.7 HIGHESTMODSEQ, RFC 8438 SIZE
+        and RFC 9051 §6.3.11 DELETED items."""
         if "HIGHESTMODSEQ" in items:
             self._enable_condstore()
         status = await self.account.status(name)
@@ -1303,7 +1413,8 @@ class IMAPServer(imap4.IMAP4Server):
         values = {"MESSAGES": status.messages, "RECENT": status.recent,
                   "UIDNEXT": status.uidnext, "UIDVALIDITY": status.uidvalidity,
                   "UNSEEN": status.unseen, "APPENDLIMIT": self.context.max_message_bytes,
-                  "HIGHESTMODSEQ": status.highestmodseq, "SIZE": status.size}
+                  "HIGHESTMODSEQ": status.highestmodseq, "SIZE": status.size,
+                  "DELETED": status.deleted}
         return b"* STATUS " + self._mailbox_name(status.name) + b" (" + b" ".join(
             b"%s %d" % (item.encode(), values[item]) for item in items) + b")"
 
@@ -1464,9 +1575,13 @@ class IMAPServer(imap4.IMAP4Server):
         matches; served from the index, bodies read off the reactor thread.
         ``RETURN (...)`` answers with ESEARCH (RFC 4731 §3.1) and SAVE keeps
         the result as ``$`` (RFC 5182 §2.1); a MODSEQ key adds the highest
-        mod-sequence of the result (RFC 7162 §3.1.5)."""
+        mod-sequence of the result (RFC 7162 §3.1.5). After ENABLE
+        IMAP4rev2 the answer is always ESEARCH: no RETURN is RETURN (ALL)
+        (RFC 9051 §6.4.4)."""
         selected = self.selected
         query = program.query
+        if program.returns is None and self.rev2:
+            program = attrs.evolve(program, returns=frozenset({"ALL"}))
         with_modseq = any(isinstance(k, search.ModseqIs) for k in search.leaves(query))
         if with_modseq:
             self._enable_condstore()
@@ -1817,9 +1932,10 @@ class IMAPServer(imap4.IMAP4Server):
             elif name == "ENVELOPE":
                 plan.append(b"ENVELOPE " + fetch.envelope(summary.envelope))
             elif name == "BODYSTRUCTURE":
-                plan.append(b"BODYSTRUCTURE " + fetch.body_structure(structure, True))
+                plan.append(b"BODYSTRUCTURE " + fetch.body_structure(structure, True,
+                                                                     self.rev2))
             elif name == "BODY" and item.section is None:
-                plan.append(b"BODY " + fetch.body_structure(structure, False))
+                plan.append(b"BODY " + fetch.body_structure(structure, False, self.rev2))
             elif name == "RFC822.HEADER":
                 plan.append(_Read(b"RFC822.HEADER", header=True))
             elif name in ("BINARY[]", "BINARY.SIZE"):
