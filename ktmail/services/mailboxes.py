@@ -164,15 +164,15 @@ class LiveFolder:
         """The UIDs ``low <= uid <= high``, ascending (IMAP UID ranges)."""
         return self.uids[bisect.bisect_left(self.uids, low):bisect.bisect_right(self.uids, high)]
 
-    @property
-    def unseen(self):
+    def _flag_counts(self):
+        """-> (messages without \\Seen, messages with \\Deleted), in one pass."""
         by_flags = collections.Counter(map(_FLAGS, self._infos.values()))
-        return sum(n for flags, n in by_flags.items() if SEEN not in flags)
+        return (sum(n for flags, n in by_flags.items() if SEEN not in flags),
+                sum(n for flags, n in by_flags.items() if DELETED in flags))
 
     @property
-    def deleted(self):
-        by_flags = collections.Counter(map(_FLAGS, self._infos.values()))
-        return sum(n for flags, n in by_flags.items() if DELETED in flags)
+    def unseen(self):
+        return self._flag_counts()[0]
 
     def first_unseen_uid(self):
         """UID of the first message without \\Seen (SELECT's [UNSEEN n]), or None."""
@@ -188,10 +188,11 @@ class LiveFolder:
     @property
     def status(self):
         """model.FolderStatus as of now (RECENT: not yet claimed by a session)."""
+        unseen, deleted = self._flag_counts()
         return FolderStatus(name=self.name, uidvalidity=self.uidvalidity, uidnext=self.uidnext,
                             highestmodseq=self.highestmodseq, messages=len(self.uids),
-                            recent=len(self._unclaimed_recent), unseen=self.unseen,
-                            size=self.size, deleted=self.deleted)
+                            recent=len(self._unclaimed_recent), unseen=unseen,
+                            size=self.size, deleted=deleted)
 
     # --- listeners and \Recent ---
 
