@@ -1,7 +1,8 @@
 # make run   - start a development ktmail on loopback (set-up included)
 # make test  - run the whole test suite with trial (set-up included)
 # make bench - run the benchmarks in bench/ and print their figures
-# make messages - extract the web pages' texts into ktmail/locale (needs gettext)
+# make messages - extract the web pages' texts and the spam rules' descriptions
+#                 into ktmail/locale (needs gettext)
 # make locale - compile the catalogues (.po -> .mo; both are committed)
 
 PYTHON ?= python3
@@ -49,7 +50,8 @@ XGETTEXT := xgettext --language=Python --keyword=_ --keyword=N_ --keyword=n:1,2 
   --from-code=UTF-8 --no-wrap --sort-by-file --package-name=ktmail
 
 messages:
-	$(XGETTEXT) -o ktmail/locale/ktmail.pot ktmail/web/*.py
+	$(XGETTEXT) --keyword=rule:3 -o ktmail/locale/ktmail.pot ktmail/web/*.py \
+	  ktmail/services/spam/rules.py ktmail/services/spam/scoring.py
 	for l in $(LANGS); do msgmerge --quiet --update --no-wrap --backup=none \
 	  ktmail/locale/$$l/LC_MESSAGES/ktmail.po ktmail/locale/ktmail.pot; done
 

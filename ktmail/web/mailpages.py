@@ -426,7 +426,7 @@ def spam_panel(_, report, rules, days_left):
     """"Why is this spam?": the verdict and the rules that fired."""
     rows = []
     for name, description, score in rules:
-        rows.append(tags.tr(tags.td(tags.code(name)), tags.td(description),
+        rows.append(tags.tr(tags.td(tags.code(name)), tags.td(_(description) if description else ""),
                             tags.td("" if score is None else f"{score:+.1f}", class_="num")))
     summary_text = _("Why is this spam?") if report.is_spam else _("Spam check")
     score = ""

@@ -51,6 +51,16 @@ class CatalogueTests(unittest.TestCase):
         missing = sorted(m for m in source_messages() if not swedish.get(m))
         self.assertEqual(missing, [])
 
+    def test_every_spam_rule_description_has_a_swedish_translation(self):
+        """The webmail's "why is this spam" panel shows each rule's
+        description translated: a new rule needs `make messages` and its
+        Swedish text."""
+        from ktmail.services.spam import ALL_RULES
+        swedish = po_entries("sv")
+        missing = sorted(r.description for r in ALL_RULES.values()
+                         if not swedish.get(r.description))
+        self.assertEqual(missing, [])
+
     def test_compiled_catalogues_match_their_sources(self):
         """The committed .mo files say what the .po files say (run `make
         locale` after editing a .po)."""

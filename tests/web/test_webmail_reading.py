@@ -290,4 +290,6 @@ class ReadTests(ReadingTestCase):
         page = self.browser.get("/webmail/f/Spam/1")
         self.assertIn("Varför är det här skräppost?", page.text())
         self.assertIn("GTUBE", page.text())
+        # the rule's description in the page's language
+        self.assertIn("GTUBE, teststrängen för skräppost (alltid skräppost)", page.text())
         self.assertIn("Meddelandet raderas om 50 dagar.", page.text())

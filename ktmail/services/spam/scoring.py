@@ -15,19 +15,26 @@ from ktmail.services.spam.bayes import spam_probability
 from ktmail.services.spam.facts import Facts
 from ktmail.services.spam.rules import RULES, Rule
 
+
+def N_(text):
+    """Marks a rule description for the web pages' catalogue (``make
+    messages``); the webmail shows it translated."""
+    return text
+
+
 # (name, lower bound inclusive, upper bound exclusive, default score, description)
 BAYES_BUCKETS = (
-    ("BAYES_00", 0.00, 0.01, -1.9, "Bayes spam probability is 0 to 1%"),
-    ("BAYES_05", 0.01, 0.05, -0.5, "Bayes spam probability is 1 to 5%"),
-    ("BAYES_20", 0.05, 0.20, -0.1, "Bayes spam probability is 5 to 20%"),
-    ("BAYES_40", 0.20, 0.40, 0.0, "Bayes spam probability is 20 to 40%"),
-    ("BAYES_50", 0.40, 0.60, 0.8, "Bayes spam probability is 40 to 60%"),
-    ("BAYES_60", 0.60, 0.80, 1.5, "Bayes spam probability is 60 to 80%"),
-    ("BAYES_80", 0.80, 0.95, 2.5, "Bayes spam probability is 80 to 95%"),
-    ("BAYES_95", 0.95, 0.99, 3.5, "Bayes spam probability is 95 to 99%"),
-    ("BAYES_99", 0.99, 0.999, 4.5, "Bayes spam probability is 99 to 99.9%"),
+    ("BAYES_00", 0.00, 0.01, -1.9, N_("Bayes spam probability is 0 to 1%")),
+    ("BAYES_05", 0.01, 0.05, -0.5, N_("Bayes spam probability is 1 to 5%")),
+    ("BAYES_20", 0.05, 0.20, -0.1, N_("Bayes spam probability is 5 to 20%")),
+    ("BAYES_40", 0.20, 0.40, 0.0, N_("Bayes spam probability is 20 to 40%")),
+    ("BAYES_50", 0.40, 0.60, 0.8, N_("Bayes spam probability is 40 to 60%")),
+    ("BAYES_60", 0.60, 0.80, 1.5, N_("Bayes spam probability is 60 to 80%")),
+    ("BAYES_80", 0.80, 0.95, 2.5, N_("Bayes spam probability is 80 to 95%")),
+    ("BAYES_95", 0.95, 0.99, 3.5, N_("Bayes spam probability is 95 to 99%")),
+    ("BAYES_99", 0.99, 0.999, 4.5, N_("Bayes spam probability is 99 to 99.9%")),
     # SpamBayes itself calls 0.9 spam; at 0.999 the learned opinion decides alone
-    ("BAYES_999", 0.999, 1.01, 5.0, "Bayes spam probability is 99.9 to 100%"),
+    ("BAYES_999", 0.999, 1.01, 5.0, N_("Bayes spam probability is 99.9 to 100%")),
 )
 
 
