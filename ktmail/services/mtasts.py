@@ -177,6 +177,8 @@ class PolicyResolver:
     @deferred
     async def policy_for(self, domain):
         domain = domain.lower().rstrip(".")
+        if not _PATTERN.match(domain) or domain.startswith("*"):
+            return None   # not a host name (an address literal, or junk): no URL to build
         now = self.clock.seconds()
         cached = await self._cached(domain, now)
         policy_id = await self._txt_id(domain)

@@ -181,6 +181,16 @@ class PolicyResolverTests(unittest.TestCase):
         self.assertEqual(self.fetcher.urls, [])
 
     @defer.inlineCallbacks
+    def test_odd_domains_are_not_looked_up(self):
+        """A domain that is not a host name (an address literal, or one
+        that would change the URL) gets no policy and no lookup."""
+        for domain in ("[192.0.2.1]", "evil.example/x", "a@b.example", "*.example.com"):
+            self.resolver.txt[f"_mta-sts.{domain}"] = ["v=STSv1; id=one"]
+            self.assertIsNone((yield self.policies.policy_for(domain)))
+        self.assertEqual(self.resolver.queries, [])
+        self.assertEqual(self.fetcher.urls, [])
+
+    @defer.inlineCallbacks
     def test_fetched_and_cached_on_disk(self):
         """A TXT record leads to the fetch of the policy file; the policy is
         written to <data_dir>/mta-sts/<domain>.json and used again without
