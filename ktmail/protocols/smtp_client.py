@@ -415,7 +415,8 @@ class SMTPDeliveryClient:
         log.info("SMTP to {host} [{ip}]: TLS handshake failed; retrying without TLS",
                  host=host, ip=address)
         message.rewind()
-        session = await self._session(host, address, port, sender, recipients, message, False)
+        session = await self._session(host, address, port, sender, recipients, message, False,
+                                      mta_sts)
         return await session.result
 
     async def _session(self, host, address, port, sender, recipients, message, use_tls,

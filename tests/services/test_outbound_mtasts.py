@@ -163,6 +163,18 @@ class MTASTSDeliveryTests(unittest.TestCase):
         self.assertEqual(self.logged("problem"), ["untrusted certificate chain"])
 
     @defer.inlineCallbacks
+    def test_testing_mode_broken_tls_falls_back_and_logs(self):
+        """testing + a TLS handshake that fails: the plaintext second try
+        delivers, and the log says enforce would have refused it."""
+        self.fetcher.bodies[URL] = policy("testing", "mx.example.net")
+        self.mx.tls_context = None
+        self.mx.broken_tls = True
+        _, entries = yield self.deliver_once()
+        self.assertEqual(entries, [])
+        self.assertEqual(self.mx.sessions, 2)
+        self.assertEqual(self.logged("problem"), ["no STARTTLS"])
+
+    @defer.inlineCallbacks
     def test_mode_none(self):
         """mode none: delivered as without a policy, logged mta-sts=none."""
         self.fetcher.bodies[URL] = policy("none")
