@@ -25,6 +25,7 @@ from ktmail.errors import ValidationError
 from ktmail.mime import HeaderLimits
 from ktmail.protocols.admission import Admission, AdmissionFactory, AdmissionPolicy
 from ktmail.protocols.imap import ImapContext, IMAPFactory
+from ktmail.protocols.mtasts_fetch import HTTPSPolicyFetcher
 from ktmail.protocols.pop3 import POP3Factory
 from ktmail.protocols.reverse_dns import ReverseDNS
 from ktmail.protocols.smtp import InboundSMTPFactory, SubmissionSMTPFactory
@@ -38,6 +39,7 @@ from ktmail.services.dkim import DkimSigner
 from ktmail.services.mailboxes import MailboxService
 from ktmail.services.maildrop import MaildropService
 from ktmail.services.metrics import EventCounters, MetricsReport, QuotaSurvey
+from ktmail.services.mtasts import PolicyResolver
 from ktmail.services.outbound import OutboundQueue, OutboundScheduler
 from ktmail.services.retention import InactivityJob, InactivityPolicy, SpamExpiryJob
 from ktmail.services.routing import MXRouter
@@ -49,6 +51,7 @@ from ktmail.store.database import folder_change_feed, open_stores
 from ktmail.store.dkimkeys import DiskDkimKeyStore
 from ktmail.store.health import StorageProbe, with_timeout
 from ktmail.store.maildir import MaildirStore
+from ktmail.store.mtasts import DiskMTASTSCache
 from ktmail.store.queue import DiskQueueStore
 from ktmail.store.sqlite import ThreadRunner
 from ktmail.web.app import build_root, make_site
@@ -201,15 +204,22 @@ def _local_delivery_unavailable(recipient, message_file):
 
 def build_outbound(core, reactor, deliver_local=_local_delivery_unavailable):
     """The outbound queue and its scheduler service (SPEC §5): MX lookups
-    through the system's resolver, or the ``[relay] smarthost``."""
+    through the system's resolver, or the ``[relay] smarthost``; MTA-STS
+    (RFC 8461) for MX deliveries, its policies cached in
+    ``<data_dir>/mta-sts/``."""
     config = core.config
     run_in_thread = reactor_thread_runner(reactor)
     signer = DkimSigner(core.dkim_keys, run_in_thread, reactor, config.domains,
                         config.hostname)
-    router = MXRouter(dns_client.createResolver(), config.relay.smarthost)
+    resolver = dns_client.createResolver()
+    router = MXRouter(resolver, config.relay.smarthost)
     client = SMTPDeliveryClient(tcp_endpoint_factory(reactor), reactor, config.hostname)
+    mta_sts = None
+    if not config.relay.smarthost:
+        mta_sts = PolicyResolver(resolver, HTTPSPolicyFetcher(reactor),
+                                 DiskMTASTSCache(config.data_dir, run_in_thread), reactor)
     queue = OutboundQueue(core.queue_store, signer, router, client, deliver_local, reactor,
-                          config.hostname, config.domains)
+                          config.hostname, config.domains, mta_sts=mta_sts)
     return queue, OutboundScheduler(queue, reactor)
 
 

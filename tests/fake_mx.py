@@ -159,11 +159,14 @@ class _FakeMXProtocol(LineReceiver):
 
 class StubResolver:
     """An IResolver with fixed answers: ``mx`` {domain: [(pref, host)]},
-    ``a`` {host: [ip]}; unknown names do not exist (NXDOMAIN)."""
+    ``a`` {host: [ip]}, ``txt`` {name: [str or [str, ...]]} (one item per
+    record; a list is a record of several strings); unknown names do not
+    exist (NXDOMAIN)."""
 
-    def __init__(self, mx=None, a=None, fail=()):
+    def __init__(self, mx=None, a=None, fail=(), txt=None):
         self.mx = dict(mx or {})
         self.a = dict(a or {})
+        self.txt = dict(txt or {})
         self.fail = set(fail)   # names whose lookups time out
         self.queries = []
 
@@ -187,6 +190,17 @@ class StubResolver:
         return self._answer(name, [
             dns.RRHeader(name=name, type=dns.A, payload=dns.Record_A(ip))
             for ip in self.a[name]])
+
+    def lookupText(self, name, timeout=None):
+        self.queries.append(("TXT", name))
+        if name in self.fail:
+            return defer.fail(dns_error.DNSServerError(name))
+        if name not in self.txt:
+            return defer.fail(dns_error.DNSNameError(name))
+        return self._answer(name, [
+            dns.RRHeader(name=name, type=dns.TXT, payload=dns.Record_TXT(
+                *[p.encode() for p in ([r] if isinstance(r, str) else r)]))
+            for r in self.txt[name]])
 
     def lookupIPV6Address(self, name, timeout=None):
         return self._answer(name, [])

@@ -3,14 +3,18 @@ way the daemon and ktmail-admin use them."""
 
 import os
 
+import attrs
 from twisted.internet import reactor, task
 from twisted.trial import unittest
 
+from ktmail import tap
 from ktmail.config import parse_config
 from ktmail.model import Address
 from ktmail.services import deferred
 from ktmail.services.delivery import Envelope
-from ktmail.tap import _MailHousekeeping, build_core
+from ktmail.services.mtasts import PolicyResolver
+from ktmail.tap import _MailHousekeeping, build_core, build_outbound
+from tests.fake_mx import StubResolver
 from tests.services.test_mailboxes import Session
 
 CONFIG = """\
@@ -81,3 +85,17 @@ class MailWiringTests(unittest.TestCase):
             await task.deferLater(reactor, 0.05, lambda: None)
         self.assertFalse(os.path.exists(stale))
 
+
+    def test_outbound_uses_mta_sts_for_mx_delivery(self):
+        """Delivery by MX lookup gets MTA-STS, its cache under
+        <data_dir>/mta-sts and the MX router's resolver; a smarthost none."""
+        self.patch(tap.dns_client, "createResolver", StubResolver)
+        queue, _ = build_outbound(self.core, reactor)
+        self.assertIsInstance(queue.mta_sts, PolicyResolver)
+        self.assertIs(queue.mta_sts.resolver, queue.router.resolver)
+        self.assertEqual(queue.mta_sts.cache.root,
+                         os.path.join(self.config.data_dir, "mta-sts"))
+        relayed = attrs.evolve(self.config, relay=attrs.evolve(
+            self.config.relay, smarthost=("relay.example.test", 25)))
+        queue, _ = build_outbound(attrs.evolve(self.core, config=relayed), reactor)
+        self.assertIsNone(queue.mta_sts)

@@ -23,7 +23,13 @@ What it replaces in Twisted's client:
   delivery: MX hosts rarely have certificates for their names, and
   bouncing such mail would be worse than sending it encrypted. One log line
   per session says "verified", "encrypted, unverified" or "plaintext". A
-  failed TLS handshake is retried once without TLS (as Postfix does).
+  failed TLS handshake is retried once without TLS (as Postfix does);
+- MTA-STS (RFC 8461 §5): ``deliver(..., mta_sts="enforce")`` makes TLS
+  mandatory for that session: a server that offers no STARTTLS, whose TLS
+  handshake fails or whose certificate does not verify (chain and the MX
+  host's name) gets no MAIL FROM; the session fails with a 4xx reply
+  (``4.7.5``), and is not retried in plaintext. ``mta_sts="testing"``
+  delivers as usual and logs what "enforce" would have refused.
 
 The message streams from its file through a pull producer; the whole
 message is never in memory.
@@ -121,13 +127,16 @@ class OpportunisticTLS:
     """A TLS client connection that records, rather than enforces, whether
     the server's certificate is valid for ``host``."""
 
-    def __init__(self, host):
+    def __init__(self, host, trust_store=None):
         self.host = host
         self.chain_ok = True
         self.connection = None
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         ctx.set_options(SSL.OP_NO_SSLv2 | SSL.OP_NO_SSLv3 | SSL.OP_NO_COMPRESSION)
-        ctx.set_default_verify_paths()
+        if trust_store is None:
+            ctx.set_default_verify_paths()
+        else:
+            ctx.load_verify_locations(trust_store)   # a CA bundle file (tests)
         ctx.set_verify(SSL.VERIFY_PEER, self._verify)
         self._context = ctx
 
@@ -146,11 +155,10 @@ class OpportunisticTLS:
         self.connection = connection
         return connection
 
-    def status(self):
-        """"verified", or "encrypted, unverified (why)"."""
-        version = self.connection.get_protocol_version_name()
+    def problem(self):
+        """Why the certificate is not valid for ``host``, or None."""
         if not self.chain_ok:
-            return f"encrypted, unverified (untrusted certificate chain), {version}"
+            return "untrusted certificate chain"
         try:
             try:
                 ipaddress.ip_address(self.host)
@@ -158,7 +166,15 @@ class OpportunisticTLS:
             except ValueError:
                 verify_hostname(self.connection, self.host)
         except (VerificationError, CertificateError):
-            return f"encrypted, unverified (certificate not for {self.host}), {version}"
+            return f"certificate not for {self.host}"
+        return None
+
+    def status(self):
+        """"verified", or "encrypted, unverified (why)"."""
+        version = self.connection.get_protocol_version_name()
+        problem = self.problem()
+        if problem:
+            return f"encrypted, unverified ({problem}), {version}"
         return f"verified, {version}"
 
 
@@ -196,6 +212,8 @@ class _DeliveryProtocol(smtp.ESMTPClient):
         self._from = self.session.sender
         self._failresponse = self.smtpTransferFailed
         self.session.log_tls(self)
+        if not self.session.tls_policy_allows(self):
+            return self._disconnectFromServer()
         message = self.session.message
         params = b""
         if b"SIZE" in self._extensions:
@@ -264,7 +282,8 @@ def _reply(code, resp, host):
 class _Session:
     """The state of one ``deliver`` call and its one result."""
 
-    def __init__(self, client, host, address, sender, recipients, message, use_tls):
+    def __init__(self, client, host, address, sender, recipients, message, use_tls,
+                 mta_sts=None):
         self.clock = client.clock
         self.helo = client.helo_name.encode("ascii")
         self.host = host
@@ -272,10 +291,29 @@ class _Session:
         self.sender = sender
         self.recipients = list(recipients)
         self.message = message
-        self.tls = OpportunisticTLS(host) if use_tls else None
+        self.tls = OpportunisticTLS(host, client.trust_store) if use_tls else None
+        self.mta_sts = mta_sts
         self.result = defer.Deferred()
         self.closed = None
         self.tls_failed = False
+
+    def tls_policy_allows(self, proto):
+        """RFC 8461 §5: under an "enforce" policy, go on only over TLS with
+        a certificate valid for the MX host; else fail the session (4xx)."""
+        if self.mta_sts not in ("enforce", "testing"):
+            return True
+        if not proto._tls_started or self.tls is None or self.tls.connection is None:
+            problem = "no STARTTLS"
+        else:
+            problem = self.tls.problem()
+        if problem is None:
+            return True
+        if self.mta_sts == "testing":
+            log.info("SMTP to {host} [{ip}]: MTA-STS testing: enforce would refuse "
+                     "({problem})", host=self.host, ip=self.address, problem=problem)
+            return True
+        self.session_failed(451, f"4.7.5 MTA-STS: {self.host} [{self.address}]: {problem}")
+        return False
 
     def log_tls(self, proto):
         if proto._tls_started and self.tls.connection is not None:
@@ -343,8 +381,10 @@ class SMTPDeliveryClient:
     docstring). ``endpoint_factory(address, port)`` gives the client
     endpoint to connect to; tests point it at a loopback fake server."""
 
-    def __init__(self, endpoint_factory, clock, helo_name, starttls=True):
+    def __init__(self, endpoint_factory, clock, helo_name, starttls=True, trust_store=None):
         self.endpoint_factory = endpoint_factory
+        #: CA bundle file to verify servers against; None: the system's
+        self.trust_store = trust_store
         self.clock = clock
         self.helo_name = helo_name
         self.starttls = starttls
@@ -355,26 +395,34 @@ class SMTPDeliveryClient:
         follows the result, so it may outlive ``deliver``)."""
         return defer.DeferredList(list(self._closing))
 
-    def deliver(self, host, address, port, sender, recipients, message):
+    def deliver(self, host, address, port, sender, recipients, message, mta_sts=None):
+        """``mta_sts``: None, "enforce" or "testing" (see the module docstring)."""
         return defer.Deferred.fromCoroutine(
-            self._deliver(host, address, port, sender, recipients, message))
+            self._deliver(host, address, port, sender, recipients, message, mta_sts))
 
-    async def _deliver(self, host, address, port, sender, recipients, message):
+    async def _deliver(self, host, address, port, sender, recipients, message, mta_sts):
         session = await self._session(host, address, port, sender, recipients, message,
-                                      self.starttls)
+                                      self.starttls or mta_sts == "enforce", mta_sts)
         try:
             return await session.result
         except SessionFailed:
             if not session.tls_failed:
                 raise
+            if mta_sts == "enforce":
+                # RFC 8461 §5: never fall back to plaintext under "enforce"
+                raise SessionFailed(Reply(451, f"4.7.5 MTA-STS: {host} [{address}]: "
+                                          "TLS handshake failed")) from None
         log.info("SMTP to {host} [{ip}]: TLS handshake failed; retrying without TLS",
                  host=host, ip=address)
         message.rewind()
-        session = await self._session(host, address, port, sender, recipients, message, False)
+        session = await self._session(host, address, port, sender, recipients, message, False,
+                                      mta_sts)
         return await session.result
 
-    async def _session(self, host, address, port, sender, recipients, message, use_tls):
-        session = _Session(self, host, address, sender, recipients, message, use_tls)
+    async def _session(self, host, address, port, sender, recipients, message, use_tls,
+                       mta_sts=None):
+        session = _Session(self, host, address, sender, recipients, message, use_tls,
+                           mta_sts)
         proto = _DeliveryProtocol(session)
         closed = proto.closed = session.closed = defer.Deferred()
         self._closing.add(closed)

@@ -24,7 +24,14 @@ Invariants:
   message from the null sender (a DSN) is never reported on;
 - a "still trying" notice goes to the sender once, after 4 hours;
 - at most ``max_connections`` SMTP sessions run at once, and at most
-  ``max_per_destination`` to one destination (domain or smarthost).
+  ``max_per_destination`` to one destination (domain or smarthost);
+- MTA-STS (RFC 8461, ``services.mtasts``), for deliveries by MX lookup
+  only (never to the smarthost): under an "enforce" policy only the MX
+  hosts the policy names are tried, each with mandatory verified TLS, and
+  when none may be tried the recipients are deferred (4xx, never a bounce
+  of its own: the queue's lifetime still applies); "testing" delivers as
+  before and logs what "enforce" would refuse. One log line per delivery
+  says ``mta-sts=enforce|testing|none|absent``.
 """
 
 import io
@@ -187,12 +194,13 @@ class OutboundQueue:
       stores a DSN in one of our own mailboxes (null envelope sender, no
       spam scan); fails with a KtmailError (``temporary`` or not);
     - ``clock``: IReactorTime; ``hostname``: ours; ``local_domains``: the
-      hosted domains (their recipients go to ``deliver_local``).
+      hosted domains (their recipients go to ``deliver_local``);
+    - ``mta_sts``: ``services.mtasts.PolicyResolver`` or None (no MTA-STS).
     """
 
     def __init__(self, store, signer, router, client, deliver_local, clock, hostname,
                  local_domains, policy=RetryPolicy(), max_connections=20,
-                 max_per_destination=2):
+                 max_per_destination=2, mta_sts=None):
         self.store = store
         self.signer = signer
         self.router = router
@@ -203,6 +211,7 @@ class OutboundQueue:
         self.local_domains = frozenset(local_domains)
         self.policy = policy
         self.max_per_destination = max_per_destination
+        self.mta_sts = mta_sts
         self._connections = defer.DeferredSemaphore(max_connections)
         self._per_destination = {}
         #: called with each new or changed QueueEntry (the scheduler listens)
@@ -358,6 +367,9 @@ class OutboundQueue:
             hops = await self.router.route(domain)
         except NoRoute as e:
             return SessionResult({a: Reply(e.code, e.text) for a in addresses})
+        hops, sts_mode, refusal = await self._apply_mta_sts(entry, domain, hops)
+        if refusal is not None:
+            return SessionResult({a: refusal for a in addresses})
         f = await self.store.open_message(entry.id)
         message = OutgoingMessage(prefix=entry.dkim_header, file=f, size=entry.size
                                   + len(entry.dkim_header), eight_bit=entry.eight_bit)
@@ -367,8 +379,12 @@ class OutboundQueue:
                 for address in hop.addresses:
                     message.rewind()
                     try:
+                        if sts_mode is None:
+                            return await self.client.deliver(hop.host, address, hop.port,
+                                                             entry.sender, addresses, message)
                         return await self.client.deliver(hop.host, address, hop.port,
-                                                         entry.sender, addresses, message)
+                                                         entry.sender, addresses, message,
+                                                         mta_sts=sts_mode)
                     except SessionFailed as e:
                         log.info("{id}: {host} [{ip}]: {reply}", id=entry.id, host=hop.host,
                                  ip=address, reply=str(e.reply))
@@ -378,6 +394,32 @@ class OutboundQueue:
             return SessionResult({a: last for a in addresses})
         finally:
             f.close()
+
+    async def _apply_mta_sts(self, entry, domain, hops):
+        """-> (hops to try, the client's ``mta_sts`` mode or None, a Reply
+        that defers every recipient or None). RFC 8461 §4.1, §5."""
+        if self.mta_sts is None or self.router.smarthost:
+            return hops, None, None
+        policy = await self.mta_sts.policy_for(domain)
+        mode = policy.mode if policy is not None else "absent"
+        log.info("{id}: to {domain} mta-sts={mta_sts}", id=entry.id, domain=domain,
+                 mta_sts=mode)
+        if mode not in ("enforce", "testing"):
+            return hops, None, None
+        allowed = [hop for hop in hops if policy.allows(hop.host)]
+        refused = [hop.host for hop in hops if not policy.allows(hop.host)]
+        if mode == "testing":
+            if refused:
+                log.info("{id}: MTA-STS testing: the policy of {domain} would refuse "
+                         "{hosts}", id=entry.id, domain=domain, hosts=" ".join(refused))
+            return hops, "testing", None
+        if refused:
+            log.info("{id}: MTA-STS policy of {domain}: not trying {hosts}", id=entry.id,
+                     domain=domain, hosts=" ".join(refused))
+        if not allowed:
+            return [], None, Reply(451, f"4.7.5 MTA-STS policy of {domain}: no MX host "
+                                   "matches")
+        return allowed, "enforce", None
 
     # -- reports and clean-up -------------------------------------------------
 

@@ -376,3 +376,17 @@ class ISpamStatsStore(Interface):
 
     def forget_scope(scope):
         """Drop everything learned in ``scope`` (a removed mailbox). Idempotent. -> None."""
+
+
+class IMTASTSCache(Interface):
+    """The MTA-STS policies (RFC 8461 §5.1) of recipient domains, kept
+    across restarts. A record is a small JSON-able dict that
+    ``services.mtasts`` builds and reads; the store does not interpret it.
+    ``put`` replaces a domain's record atomically: after a crash it is
+    either the old or the new one."""
+
+    def get(domain):
+        """-> the record of ``domain`` (lower-case), or None."""
+
+    def put(domain, record):
+        """Store ``record`` for ``domain``, replacing the old one. -> None."""

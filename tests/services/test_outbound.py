@@ -91,7 +91,7 @@ class Harness:
     """Builds the queue, the scheduler and their collaborators over one data dir."""
 
     def __init__(self, testcase, data_dir, clock, resolver, endpoints, smarthost=None,
-                 local=None):
+                 local=None, mta_sts=None, trust_store=None):
         self.testcase = testcase
         self.clock = clock
         self.store = DiskQueueStore(data_dir, InlineRunner())
@@ -100,10 +100,10 @@ class Harness:
         signer = DkimSigner(self.keys, InlineRunner(), clock, DOMAINS, HOST)
         self.local = local or LocalMailboxes()
         self.endpoints = endpoints
-        self.client = SMTPDeliveryClient(endpoints, clock, HOST)
+        self.client = SMTPDeliveryClient(endpoints, clock, HOST, trust_store=trust_store)
         self.queue = OutboundQueue(
             self.store, signer, MXRouter(resolver, smarthost, shuffle=lambda hosts: None),
-            self.client, self.local, clock, HOST, DOMAINS)
+            self.client, self.local, clock, HOST, DOMAINS, mta_sts=mta_sts)
         self.scheduler = OutboundScheduler(self.queue, clock)
         self.scheduler.startService()
         testcase.addCleanup(self.stop)
