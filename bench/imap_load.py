@@ -257,7 +257,10 @@ def main(argv=None):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.idle + 256)), hard))
     root = tempfile.mkdtemp(prefix="ktmail-imap-bench-")
-    daemon = KtmailDaemon(root, listeners=("imap",))
+    # the idle connections share five mailboxes: above the default
+    # imap_sessions_per_mailbox (20), which guards each mailbox, not memory
+    daemon = KtmailDaemon(root, listeners=("imap",),
+                          limits={"imap_sessions_per_mailbox": max(20, args.idle)})
     print(f"machine: {machine()}")
     try:
         daemon.start()
