@@ -15,6 +15,22 @@ def fsync_dir(path):
         os.close(fd)
 
 
+def write_durably(path, data):
+    """Write ``data`` to ``path`` + '.tmp', fsync it, and rename it over
+    ``path``: readers see the old or the new content, never a part. The
+    caller fsyncs the directory (once for several files)."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
 def pid_alive(pid):
     """Does a process ``pid`` exist on this host (perhaps another user's)?"""
     try:

@@ -17,7 +17,7 @@ import re
 from zope.interface import implementer
 
 from ktmail.store import IMTASTSCache
-from ktmail.store.files import fsync_dir
+from ktmail.store.files import fsync_dir, write_durably
 
 _DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?\Z")
 
@@ -48,17 +48,7 @@ class DiskMTASTSCache:
         if path is None:
             return
         os.makedirs(self.root, mode=0o700, exist_ok=True)
-        data = json.dumps(record, sort_keys=True).encode("utf-8")
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+        write_durably(path, json.dumps(record, sort_keys=True).encode("utf-8"))
         fsync_dir(self.root)
 
     def get(self, domain):

@@ -43,7 +43,7 @@ from zope.interface import implementer
 from ktmail import errors
 from ktmail.model import QueuedRecipient, QueueEntry
 from ktmail.store import IQueueStore
-from ktmail.store.files import ExclusiveFlock, fsync_dir
+from ktmail.store.files import ExclusiveFlock, fsync_dir, write_durably
 
 ENTRY_ID = re.compile(r"[a-z0-9-]{1,64}\Z")
 FORMAT_VERSION = 1
@@ -88,21 +88,6 @@ def _unlink_quietly(path):
         pass
 
 
-def _write_durably(path, data):
-    """Write ``data`` to ``path`` + '.tmp', fsync, rename over ``path``.
-    The caller fsyncs the directory."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-
-
 class _Claim:
     """An entry held for one delivery round (an open, flocked ``<id>.lock``)."""
 
@@ -145,7 +130,7 @@ class DiskQueueStore:
             if os.path.exists(msg_path):
                 os.unlink(msg_path)  # left by an add that crashed
             write_message(msg_path)
-            _write_durably(json_path, entry_to_json(entry))
+            write_durably(json_path, entry_to_json(entry))
             fsync_dir(self.root)
 
     def _add_file(self, entry, source):
@@ -205,7 +190,7 @@ class DiskQueueStore:
                 return None
             new = change(entry)
             if new != entry:
-                _write_durably(json_path, entry_to_json(new))
+                write_durably(json_path, entry_to_json(new))
                 fsync_dir(self.root)
             return new
 
@@ -261,7 +246,7 @@ class DiskQueueStore:
                     count = int(f.read() or b"0")
             except (FileNotFoundError, ValueError):
                 count = 0
-            _write_durably(self._wakeup_path, b"%d" % (count + 1))
+            write_durably(self._wakeup_path, b"%d" % (count + 1))
 
     def _token(self):
         try:
