@@ -36,15 +36,13 @@ def cases():
 
 
 def main():
-    figures = []
     for label, data, repeat in cases():
         start = time.perf_counter()
         for _ in range(repeat):
             mime.summarize(io.BytesIO(data))
         elapsed = (time.perf_counter() - start) / repeat
-        figures.append((label, elapsed))
         print(f"{label:<44} {elapsed:10.5f} s per message", flush=True)
-    return figures
+    return 0
 
 
 if __name__ == "__main__":
