@@ -26,8 +26,16 @@ from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
 from ktmail import errors
-from ktmail.model import Address, Customer, Mailbox
-from ktmail.store.transactions import AccountTransactions, SpamStatsTransactions
+from ktmail.model import Customer
+from ktmail.store.transactions import (
+    MAILBOX_COLUMNS,
+    AccountTransactions,
+    SpamStatsTransactions,
+    customer_from_row,
+    mailbox_from_row,
+    one_mailbox,
+    warnings_with,
+)
 
 SCHEMA_PACKAGE = "ktmail.store.schema"
 _MIGRATION_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql\Z")
@@ -173,23 +181,6 @@ class Database:
 
 # --- accounts -------------------------------------------------------------------
 
-_MAILBOX_COLUMNS = ("id, customer_id, username, local_part, domain, quota_bytes, created, "
-                    "last_login, warnings_sent")
-
-
-def _mailbox(row):
-    (id_, customer_id, username, local, domain, quota, created, last_login, warnings) = row
-    return Mailbox(
-        id=id_, customer_id=customer_id, username=username,
-        address=Address(local, domain), quota_bytes=quota, created=created,
-        last_login=last_login,
-        warnings_sent=tuple(sorted((int(w) for w in warnings.split(",") if w), reverse=True)))
-
-
-def _customer(row):
-    return Customer(id=row[0], login=row[1], created=row[2])
-
-
 def _name_taken_txn(conn, name):
     return (conn.execute("SELECT 1 FROM customers WHERE login=?", (name,)).fetchone()
             or conn.execute("SELECT 1 FROM mailboxes WHERE username=?", (name,)).fetchone())
@@ -209,7 +200,7 @@ def customer_password_hash_txn(conn, login):
                        (login,)).fetchone()
     if row is None:
         raise errors.NoSuchCustomer(f"There is no customer '{login}'.")
-    return _customer(row), row[3]
+    return customer_from_row(row), row[3]
 
 
 def get_customer_txn(conn, login):
@@ -221,7 +212,7 @@ def get_customer_by_id_txn(conn, customer_id):
                        (customer_id,)).fetchone()
     if row is None:
         raise errors.NoSuchCustomer()
-    return _customer(row)
+    return customer_from_row(row)
 
 
 def set_customer_password_txn(conn, login, password_hash):
@@ -231,7 +222,7 @@ def set_customer_password_txn(conn, login, password_hash):
 
 
 def list_customers_txn(conn):
-    return [_customer(r) for r in
+    return [customer_from_row(r) for r in
             conn.execute("SELECT id, login, created FROM customers ORDER BY login")]
 
 
@@ -266,24 +257,16 @@ def add_mailbox_txn(conn, customer_id, username, address, password_hash, quota_b
     return get_mailbox_txn(conn, cur.lastrowid)
 
 
-def _one_mailbox(conn, where, args, missing):
-    row = conn.execute(f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE {where}",
-                       args).fetchone()
-    if row is None:
-        raise errors.NoSuchMailbox(missing)
-    return _mailbox(row)
-
-
 def get_mailbox_txn(conn, mailbox_id):
-    return _one_mailbox(conn, "id=?", (mailbox_id,), "No such mailbox.")
+    return one_mailbox(conn, "id=?", (mailbox_id,), "No such mailbox.")
 
 
 def get_mailbox_by_username_txn(conn, username):
-    return _one_mailbox(conn, "username=?", (username,), f"There is no mailbox '{username}'.")
+    return one_mailbox(conn, "username=?", (username,), f"There is no mailbox '{username}'.")
 
 
 def get_mailbox_by_address_txn(conn, address):
-    return _one_mailbox(conn, "local_part=? AND domain=?", (address.local, address.domain),
+    return one_mailbox(conn, "local_part=? AND domain=?", (address.local, address.domain),
                         f"There is no mailbox {address}.")
 
 
@@ -303,11 +286,11 @@ def set_mailbox_password_txn(conn, mailbox_id, password_hash):
 def list_mailboxes_txn(conn, customer_id=None):
     order = " ORDER BY domain, local_part"
     if customer_id is None:
-        rows = conn.execute(f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes" + order)
+        rows = conn.execute(f"SELECT {MAILBOX_COLUMNS} FROM mailboxes" + order)
     else:
-        rows = conn.execute(f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE customer_id=?"
+        rows = conn.execute(f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE customer_id=?"
                             + order, (customer_id,))
-    return [_mailbox(r) for r in rows]
+    return [mailbox_from_row(r) for r in rows]
 
 
 def remove_mailbox_txn(conn, mailbox_id, inactive_since=None):
@@ -325,9 +308,8 @@ def record_login_txn(conn, mailbox_id, now):
 
 def record_warning_txn(conn, mailbox_id, days_before):
     mailbox = get_mailbox_txn(conn, mailbox_id)
-    sent = set(mailbox.warnings_sent) | {int(days_before)}
     conn.execute("UPDATE mailboxes SET warnings_sent=? WHERE id=?",
-                 (",".join(str(d) for d in sorted(sent)), mailbox_id))
+                 (warnings_with(mailbox, days_before), mailbox_id))
 
 
 # --- counters and audit ------------------------------------------------------------

@@ -8,11 +8,15 @@ ISpamStatsStore onto one such transaction per call, once for both
 backends. A backend subclasses them with ``txns`` set to its module; its
 ``db`` has ``run_interaction(fn, *args, write=...)``, which runs
 ``fn(conn, *args)`` in one transaction off the reactor thread (``write``
-lets SQLite start a read without taking the write lock).
+lets SQLite start a read without taking the write lock). The account rows
+are read and written the same way by both (``mailbox_from_row`` ...); only
+the SQL around them differs.
 """
 
 from zope.interface import implementer
 
+from ktmail import errors
+from ktmail.model import Address, Customer, Mailbox
 from ktmail.store import IAccountStore, IAuditLog, ICounterStore, ISpamStatsStore
 
 
@@ -128,3 +132,39 @@ class SpamStatsTransactions(_Transactions):
 
     def forget_scope(self, scope):
         return self._write(self.txns.forget_spam_scope_txn, scope)
+
+
+# --- the account rows, as both backends' SQL reads and writes them ---------------------
+
+MAILBOX_COLUMNS = ("id, customer_id, username, local_part, domain, quota_bytes, created, "
+                   "last_login, warnings_sent")
+
+
+def mailbox_from_row(row):
+    """A Mailbox from the MAILBOX_COLUMNS of one row."""
+    (id_, customer_id, username, local, domain, quota, created, last_login, warnings) = row
+    return Mailbox(
+        id=id_, customer_id=customer_id, username=username,
+        address=Address(local, domain), quota_bytes=quota, created=created,
+        last_login=last_login,
+        warnings_sent=tuple(sorted((int(w) for w in warnings.split(",") if w), reverse=True)))
+
+
+def customer_from_row(row):
+    """A Customer from (id, login, created, ...)."""
+    return Customer(id=row[0], login=row[1], created=row[2])
+
+
+def one_mailbox(conn, where, args, missing):
+    """The one mailbox matching ``where`` (SQL with the backend's
+    placeholders); NoSuchMailbox(``missing``) when there is none."""
+    row = conn.execute(f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE {where}",
+                       args).fetchone()
+    if row is None:
+        raise errors.NoSuchMailbox(missing)
+    return mailbox_from_row(row)
+
+
+def warnings_with(mailbox, days_before):
+    """The warnings_sent column once the ``days_before`` warning is sent too."""
+    return ",".join(str(d) for d in sorted(set(mailbox.warnings_sent) | {int(days_before)}))
