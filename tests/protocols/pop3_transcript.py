@@ -36,6 +36,7 @@ from ktmail.services.mailboxes import MailboxService
 from ktmail.services.maildrop import MaildropService
 from ktmail.services.ratelimit import Window
 from ktmail.store.memory import MemoryMailStore, MemoryStore
+from tests.protocols.transcript import LineTranscript
 from tests.services.fakes import inline
 
 PASSWORD = "correct horse 7"
@@ -126,7 +127,7 @@ class RecordingListener:
         self.events.append(("closed", None))
 
 
-class POP3Transcript:
+class POP3Transcript(LineTranscript):
     def __init__(self, testcase, factory, peer="203.0.113.7", greet=True, tls=True):
         self.testcase = testcase
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
@@ -138,21 +139,6 @@ class POP3Transcript:
         self.last = None
         if greet:
             self.expect("+OK")
-
-    # --- sending ---
-
-    def send(self, line):
-        """Send one command line (CRLF added)."""
-        if isinstance(line, str):
-            line = line.encode("utf-8")
-        return self.send_raw(line + b"\r\n")
-
-    def send_raw(self, data):
-        """Send bytes exactly as given, in one segment."""
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        self.protocol.dataReceived(data)
-        return self
 
     def drop(self):
         """The client goes away without QUIT."""
@@ -219,10 +205,6 @@ class POP3Transcript:
         if pending:
             self.testcase.fail(f"expected no response, got {pending!r}")
         return self
-
-    @property
-    def closed(self):
-        return self.transport.disconnecting
 
 
 def unstuff(body):

@@ -45,18 +45,9 @@ class TLSCapableTransport(StringTransport):
         return FakeTLSHandle()
 
 
-class SMTPTranscript:
-    def __init__(self, testcase, factory, peer="203.0.113.7", tls=False, greet=True):
-        self.testcase = testcase
-        self.transport = TLSCapableTransport(peer, implicit_tls=tls)
-        self.protocol = factory.buildProtocol(None)
-        self.protocol.makeConnection(self.transport)
-        self._read = 0
-        self.last = None
-        if greet:
-            self.expect("220 ")
-
-    # --- sending -----------------------------------------------------------------
+class LineTranscript:
+    """What the SMTP and POP3 transcripts share: a client typing lines into
+    ``self.protocol`` over ``self.transport``."""
 
     def send(self, line):
         """Send one command line (CRLF added)."""
@@ -70,6 +61,22 @@ class SMTPTranscript:
             data = data.encode("utf-8")
         self.protocol.dataReceived(data)
         return self
+
+    @property
+    def closed(self):
+        return self.transport.disconnecting
+
+
+class SMTPTranscript(LineTranscript):
+    def __init__(self, testcase, factory, peer="203.0.113.7", tls=False, greet=True):
+        self.testcase = testcase
+        self.transport = TLSCapableTransport(peer, implicit_tls=tls)
+        self.protocol = factory.buildProtocol(None)
+        self.protocol.makeConnection(self.transport)
+        self._read = 0
+        self.last = None
+        if greet:
+            self.expect("220 ")
 
     # --- reading ----------------------------------------------------------------
 
@@ -124,10 +131,6 @@ class SMTPTranscript:
         self.send(f"EHLO {name}").expect("250 ")
         lines = self.last.split("\n")[1:]
         return {line[4:].split(" ")[0].upper(): line[4:] for line in lines}
-
-    @property
-    def closed(self):
-        return self.transport.disconnecting
 
     def message(self, sender, recipients, body):
         """MAIL, RCPT..., DATA and the (dot-stuffed) body, expecting 250s and 354."""
