@@ -838,23 +838,10 @@ class Webmail:
     async def html_body(self, request, session, _, folder, uid, section):
         name = self._folder_name(folder)
         mailbox = await self._mailbox(session)
-        try:
-            wanted = messageview.parse_section(section)
-        except ValueError:
-            raise errors.NoSuchMessage() from None
         allow_remote = b"images" in (request.args or {})
-        live = await self.mailboxes.open_folder(mailbox, name)
-        try:
-            if live.info(uid) is None:
-                raise errors.NoSuchMessage()
-            details = await live.details([uid], with_structure=True)
-            structure = details[uid].structure
-            part = structure.find(wanted)
-            if part is None or part.media_type != "text" or part.media_subtype != "html":
-                raise errors.NoSuchMessage()
-            fileobj = await live.open_message(uid)
-        finally:
-            live.release()
+        structure, part, fileobj = await self._open_part(
+            mailbox, name, uid, self._section(section),
+            lambda part: part.media_type == "text" and part.media_subtype == "html")
         text, _truncated = await self.run_in_thread(_read_part_text, fileobj, part)
         cids = {}
         for leaf_section, leaf in messageview.leaves(structure):
@@ -875,6 +862,31 @@ class Webmail:
         request.setHeader(b"x-frame-options", b"SAMEORIGIN")
         request.setHeader(b"referrer-policy", b"no-referrer")
         return htmlmail.document(cleaned)
+
+    @staticmethod
+    def _section(text):
+        """A part number from a URL (``1.2``); NoSuchMessage when malformed."""
+        try:
+            return messageview.parse_section(text)
+        except ValueError:
+            raise errors.NoSuchMessage() from None
+
+    async def _open_part(self, mailbox, name, uid, wanted, acceptable):
+        """-> (the message's structure, its part ``wanted``, the open message
+        file); NoSuchMessage when the message or the part is missing or
+        ``acceptable(part)`` is false."""
+        live = await self.mailboxes.open_folder(mailbox, name)
+        try:
+            if live.info(uid) is None:
+                raise errors.NoSuchMessage()
+            details = await live.details([uid], with_structure=True)
+            structure = details[uid].structure
+            part = structure.find(wanted)
+            if part is None or not acceptable(part):
+                raise errors.NoSuchMessage()
+            return structure, part, await live.open_message(uid)
+        finally:
+            live.release()
 
     async def _send_part(self, request, fileobj, part, filename, view):
         """Stream one part, decoded, as a download (or a plain image)."""
@@ -899,22 +911,9 @@ class Webmail:
     async def part(self, request, session, _, folder, uid, section):
         name = self._folder_name(folder)
         mailbox = await self._mailbox(session)
-        try:
-            wanted = messageview.parse_section(section)
-        except ValueError:
-            raise errors.NoSuchMessage() from None
-        live = await self.mailboxes.open_folder(mailbox, name)
-        try:
-            if live.info(uid) is None:
-                raise errors.NoSuchMessage()
-            details = await live.details([uid], with_structure=True)
-            structure = details[uid].structure
-            part = structure.find(wanted)
-            if part is None or part.is_multipart:
-                raise errors.NoSuchMessage()
-            fileobj = await live.open_message(uid)
-        finally:
-            live.release()
+        wanted = self._section(section)
+        _structure, part, fileobj = await self._open_part(
+            mailbox, name, uid, wanted, lambda part: not part.is_multipart)
         filename = part.filename or messageview.default_filename(part, wanted)
         return await self._send_part(request, fileobj, part, filename,
                                      b"view" in (request.args or {}))
@@ -953,18 +952,9 @@ class Webmail:
             return b""
         try:
             mailbox = await self._mailbox(session)
-            wanted = messageview.parse_section(section)
-            live = await self.mailboxes.open_folder(mailbox, name)
-            try:
-                if live.info(uid) is None:
-                    raise errors.NoSuchMessage()
-                details = await live.details([uid], with_structure=True)
-                part = details[uid].structure.find(wanted)
-                if part is None or part.media_type != "image":
-                    raise errors.NoSuchMessage()
-                fileobj = await live.open_message(uid)
-            finally:
-                live.release()
+            _structure, part, fileobj = await self._open_part(
+                mailbox, name, uid, self._section(section),
+                lambda part: part.media_type == "image")
         except (errors.KtmailError, MailboxGone, ValueError, KeyError):
             request.setResponseCode(404)
             return b""
