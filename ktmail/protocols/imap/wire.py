@@ -109,19 +109,7 @@ def utc_seconds(year, month, day, hour=0, minute=0, second=0):
 
 def number_set(numbers):
     """Ascending distinct ints -> ``1:3,5,9:10`` (RFC 4315 ``uid-set``)."""
-    out = []
-    start = prev = None
-    for n in numbers:
-        if start is None:
-            start = prev = n
-        elif n == prev + 1:
-            prev = n
-        else:
-            out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
-            start = prev = n
-    if start is not None:
-        out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
-    return b",".join(out)
+    return ordered_set(numbers)   # for ascending input, every run is a range
 
 
 def range_set(ranges):
