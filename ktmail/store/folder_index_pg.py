@@ -454,16 +454,17 @@ def saved_before(conn, folder_id, before):
 # --- cached MIME summaries -----------------------------------------------------------
 
 MIME_FIELDS = folder_index.MIME_FIELDS
+_MIME_COLUMNS = ", ".join(MIME_FIELDS)
+#: an upsert's SET list: a row written again replaces the cached one
+_MIME_UPDATES = ", ".join(f"{f} = excluded.{f}" for f in (*MIME_FIELDS, "structure"))
 
 
 def store_mime(conn, folder_id, uid, fields, structure):
     """Cache the decoded header ``fields`` and the JSON-able ``structure``."""
-    columns = ", ".join(MIME_FIELDS)
-    updates = ", ".join(f"{f} = excluded.{f}" for f in (*MIME_FIELDS, "structure"))
     conn.execute(
-        f"INSERT INTO mail_message_mime (folder_id, uid, {columns}, structure) "
+        f"INSERT INTO mail_message_mime (folder_id, uid, {_MIME_COLUMNS}, structure) "
         f"VALUES (%s, %s, {', '.join(['%s'] * len(MIME_FIELDS))}, %s) "
-        f"ON CONFLICT (folder_id, uid) DO UPDATE SET {updates}",
+        f"ON CONFLICT (folder_id, uid) DO UPDATE SET {_MIME_UPDATES}",
         (folder_id, uid, *(fields.get(f) for f in MIME_FIELDS),
          json.dumps(structure, separators=(",", ":"))))
 
@@ -484,13 +485,11 @@ def cached_mime(conn, folder_id, uids, with_structure=True):
 
 
 def copy_mime(conn, src_folder_id, src_uid, dst_folder_id, dst_uid):
-    columns = ", ".join(MIME_FIELDS)
-    updates = ", ".join(f"{f} = excluded.{f}" for f in (*MIME_FIELDS, "structure"))
     conn.execute(
-        f"INSERT INTO mail_message_mime (folder_id, uid, {columns}, structure) "
-        f"SELECT %s, %s, {columns}, structure FROM mail_message_mime "
+        f"INSERT INTO mail_message_mime (folder_id, uid, {_MIME_COLUMNS}, structure) "
+        f"SELECT %s, %s, {_MIME_COLUMNS}, structure FROM mail_message_mime "
         "WHERE folder_id=%s AND uid=%s "
-        f"ON CONFLICT (folder_id, uid) DO UPDATE SET {updates}",
+        f"ON CONFLICT (folder_id, uid) DO UPDATE SET {_MIME_UPDATES}",
         (dst_folder_id, dst_uid, src_folder_id, src_uid))
 
 
